@@ -1,0 +1,12 @@
+from .attention import SimplifiedLinearAttention, SpatialReductionAttention, WindowAttention
+from .checkpoint import convert_slab_pvt, convert_slab_swin, load_pretrained
+from .norms import PRepBN, RepBN, set_prepbn_lam
+from .reparameterize import reparameterize
+from .slab_pvt import SLABPVT
+from .slab_swin import SLABSwin
+
+__all__ = [
+    'PRepBN', 'RepBN', 'set_prepbn_lam', 'SimplifiedLinearAttention', 'WindowAttention',
+    'SpatialReductionAttention', 'SLABPVT', 'SLABSwin', 'convert_slab_pvt', 'convert_slab_swin',
+    'load_pretrained', 'reparameterize'
+]

@@ -1,0 +1,232 @@
+"""Attention layers of the SLAB backbones (SLAB.md section 2).
+
+* :class:`SimplifiedLinearAttention` (SLA): ReLU kernel, a learnable positional encoding
+  added to k before the ReLU, linear-cost normalised attention in at least float32, a
+  depthwise 5x5 conv on v shared by all heads, output projection.
+* :class:`WindowAttention`: Swin's window softmax attention with relative position bias.
+* :class:`SpatialReductionAttention`: PVT v1's softmax attention with a strided ``sr``
+  conv and a PRepBN on the reduced keys (the PVT-PRepBN variant).
+
+The window attentions split ``project`` (the per-token qkv Linear) from ``attend`` (the
+mixing of tokens), so that a Swin block can project before it pads and partitions: the
+padded tokens then get exactly the value a zero normalised token gets, ``pad_qkv()``,
+which stays true after the norm is folded into the projection (re-parameterization).
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .norms import PRepBN, fold_affine_into_linear
+
+HW = Tuple[int, int]
+
+
+def resize_pos_embed(pos: torch.Tensor, src_hw: HW, dst_hw: HW) -> torch.Tensor:
+    """Resize a ``(1, H*W, C)`` position table from grid ``src_hw`` to ``dst_hw``
+    (bilinear over the 2-D grid, align_corners=False, as mmdet's PVT does)."""
+    if tuple(src_hw) == tuple(dst_hw):
+        return pos
+    if pos.shape[1] != src_hw[0] * src_hw[1]:
+        raise ValueError(f'position table of {pos.shape[1]} entries does not match its '
+                         f'grid {src_hw[0]}x{src_hw[1]}')
+    c = pos.shape[-1]
+    grid = pos.reshape(1, src_hw[0], src_hw[1], c).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(dst_hw), mode='bilinear', align_corners=False)
+    return grid.flatten(2).transpose(1, 2)
+
+
+def _core_dtype(dtype: torch.dtype) -> torch.dtype:
+    """At least float32 (half and bfloat16 are upcast, float64 stays)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class SimplifiedLinearAttention(nn.Module):
+    """Simplified linear attention over a ``H x W`` token grid.
+
+    Args:
+        embed_dims: channels C.
+        num_heads: heads; head_dim = C // num_heads.
+        pos_grid: ``(H, W)`` grid of the positional encoding P (``(1, H*W, C)``). For any
+            other token grid P is resized bilinearly at run time.
+        qkv_layout: ``'qkv'`` (Swin: one Linear(C, 3C) giving [q | k | v]) or ``'q_kv'``
+            (PVT: ``q`` Linear(C, C) and ``kv`` Linear(C, 2C) giving [k | v]).
+        kernel_size: of the depthwise conv on v (5 in the release).
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 pos_grid: HW,
+                 qkv_layout: str = 'qkv',
+                 qkv_bias: bool = True,
+                 proj_drop: float = 0.,
+                 kernel_size: int = 5) -> None:
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims {embed_dims} is not divisible by num_heads {num_heads}')
+        if qkv_layout not in ('qkv', 'q_kv'):
+            raise ValueError(f"qkv_layout must be 'qkv' or 'q_kv', got {qkv_layout!r}")
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.head_dims = embed_dims // num_heads
+        self.pos_grid = tuple(pos_grid)
+        self.qkv_layout = qkv_layout
+        if qkv_layout == 'qkv':
+            self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
+        else:
+            self.q = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
+            self.kv = nn.Linear(embed_dims, embed_dims * 2, bias=qkv_bias)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.dwc = nn.Conv2d(self.head_dims, self.head_dims, kernel_size,
+                             padding=kernel_size // 2, groups=self.head_dims)
+        self.positional_encoding = nn.Parameter(
+            torch.zeros(1, self.pos_grid[0] * self.pos_grid[1], embed_dims))
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-token projection ``(B, N, C) -> (B, N, 3C)`` laid out as [q | k | v]."""
+        if self.qkv_layout == 'qkv':
+            return self.qkv(x)
+        return torch.cat([self.q(x), self.kv(x)], dim=-1)
+
+    def attend(self, qkv: torch.Tensor, hw: HW) -> torch.Tensor:
+        """Attention over projected tokens ``(B, H*W, 3C)`` of an ``H x W`` grid."""
+        b, n, _ = qkv.shape
+        h, w = hw
+        if n != h * w:
+            raise ValueError(f'{n} tokens do not form a {h}x{w} grid')
+        c, heads, d = self.embed_dims, self.num_heads, self.head_dims
+        q, k, v = qkv.split(c, dim=-1)
+        pos = resize_pos_embed(self.positional_encoding, self.pos_grid, hw)
+        dtype = _core_dtype(qkv.dtype)
+        with torch.autocast(device_type=qkv.device.type, enabled=False):
+            q = F.relu(q.to(dtype)).view(b, n, heads, d).transpose(1, 2)
+            k = F.relu(k.to(dtype) + pos.to(dtype)).view(b, n, heads, d).transpose(1, 2)
+            v = v.to(dtype).view(b, n, heads, d).transpose(1, 2)         # (B, h, N, d)
+            z = 1.0 / (q @ k.sum(dim=2).unsqueeze(-1) + 1e-6)           # (B, h, N, 1)
+            if n > d:  # q (k^T v) is the cheaper order
+                out = (q @ (k.transpose(-2, -1) @ v)) * z
+            else:
+                out = ((q @ k.transpose(-2, -1)) @ v) * z
+            vmap = v.reshape(b * heads, h, w, d).permute(0, 3, 1, 2)
+            dwc = F.conv2d(vmap, self.dwc.weight.to(dtype), self.dwc.bias.to(dtype),
+                           padding=self.dwc.padding, groups=self.dwc.groups)
+            out = out + dwc.reshape(b, heads, d, n).transpose(-2, -1)
+        out = out.transpose(1, 2).reshape(b, n, c).to(qkv.dtype)
+        return self.proj_drop(self.proj(out))
+
+    def pad_qkv(self) -> Optional[torch.Tensor]:
+        """The projection of a zero (normalised) token: the value of padded tokens."""
+        if self.qkv_layout == 'qkv':
+            return self.qkv.bias
+        if self.q.bias is None:
+            return None
+        return torch.cat([self.q.bias, self.kv.bias])
+
+    def forward(self, x: torch.Tensor, hw: HW) -> torch.Tensor:
+        return self.attend(self.project(x), hw)
+
+
+class WindowAttention(nn.Module):
+    """Swin window softmax attention with relative position bias.
+
+    ``attend`` takes projected windows ``(B*nW, ws*ws, 3C)`` and an optional additive
+    shift mask ``(nW, ws*ws, ws*ws)`` (0 / -100 as in Swin).
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 window_size: int,
+                 qkv_bias: bool = True,
+                 attn_drop: float = 0.,
+                 proj_drop: float = 0.) -> None:
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims {embed_dims} is not divisible by num_heads {num_heads}')
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.attn_drop = attn_drop
+        ws = window_size
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * ws - 1) * (2 * ws - 1), num_heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws),
+                                            indexing='ij')).flatten(1)          # (2, ws*ws)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)
+        self.register_buffer('relative_position_index', rel[..., 0] * (2 * ws - 1) + rel[..., 1],
+                             persistent=False)
+        self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.qkv(x)
+
+    def pad_qkv(self) -> Optional[torch.Tensor]:
+        return self.qkv.bias
+
+    def attend(self, qkv: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        bw, n, _ = qkv.shape
+        heads, d = self.num_heads, self.embed_dims // self.num_heads
+        q, k, v = qkv.view(bw, n, 3, heads, d).permute(2, 0, 3, 1, 4)        # (B*nW, h, N, d)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(n, n, heads).permute(2, 0, 1).to(qkv.dtype)          # (h, N, N)
+        if mask is not None:
+            nw = mask.shape[0]
+            attn_mask = bias.unsqueeze(0) + mask.unsqueeze(1).to(qkv.dtype)   # (nW, h, N, N)
+            q, k, v = (t.view(bw // nw, nw, heads, n, d) for t in (q, k, v))
+        else:
+            attn_mask = bias
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.)
+        out = out.reshape(bw, heads, n, d).transpose(1, 2).reshape(bw, n, self.embed_dims)
+        return self.proj_drop(self.proj(out))
+
+
+class SpatialReductionAttention(nn.Module):
+    """PVT v1 softmax attention with spatial reduction (``sr`` conv + PRepBN ``norm``)."""
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 sr_ratio: int = 1,
+                 qkv_bias: bool = True,
+                 attn_drop: float = 0.,
+                 proj_drop: float = 0.,
+                 ln_eps: float = 1e-6,
+                 deploy: bool = False) -> None:
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims {embed_dims} is not divisible by num_heads {num_heads}')
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.sr_ratio = sr_ratio
+        self.attn_drop = attn_drop
+        self.q = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
+        self.kv = nn.Linear(embed_dims, embed_dims * 2, bias=qkv_bias or deploy)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(embed_dims, embed_dims, sr_ratio, stride=sr_ratio)
+            self.norm = nn.Identity() if deploy else PRepBN(embed_dims, ln_eps=ln_eps)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, hw: HW) -> torch.Tensor:
+        b, n, c = x.shape
+        heads, d = self.num_heads, c // self.num_heads
+        q = self.q(x).view(b, n, heads, d).transpose(1, 2)
+        if self.sr_ratio > 1:
+            x = x.transpose(1, 2).reshape(b, c, *hw)
+            x = self.norm(self.sr(x).flatten(2).transpose(1, 2))
+        k, v = self.kv(x).view(b, -1, 2, heads, d).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_drop if self.training else 0.)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
+
+    def switch_to_deploy(self) -> None:
+        """Fold the reduced keys' PRepBN into ``kv``."""
+        if isinstance(getattr(self, 'norm', None), PRepBN):
+            self.kv = fold_affine_into_linear(self.kv, *self.norm.affine())
+            self.norm = nn.Identity()
