@@ -6,6 +6,7 @@ stock ``Pretrained`` initializer only unwraps ``'state_dict'``, so the backbones
 :func:`load_pretrained`, which converts, adapts and checks the architecture.
 """
 import math
+import os
 import re
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -172,3 +173,26 @@ def load_pretrained(model: nn.Module,
               + (f'; kept initialisation of {kept_init}' if kept_init else '')
               + (f'; ignored release-only/classification entries {dropped}' if dropped else ''),
               logger=logger)
+
+
+CONVERTERS = {'pvt': convert_slab_pvt, 'swin': convert_slab_swin}
+
+
+def convert_checkpoint_file(src: str, dst: str, family: str) -> int:
+    """Convert a released SLAB checkpoint offline into mmslab names.
+
+    Writes ``{'state_dict': ..., 'meta': {'converted_from': src}}`` (what mmengine and the
+    backbones' ``init_cfg`` read). Refuses to write onto ``src``. Returns the tensor count.
+    """
+    if family not in CONVERTERS:
+        raise ValueError(f'family must be one of {sorted(CONVERTERS)}, got {family!r}')
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise ValueError(f'refusing to overwrite the source checkpoint {src}')
+    raw = unwrap_state_dict(CheckpointLoader.load_checkpoint(src, map_location='cpu'))
+    sd = CONVERTERS[family](raw)
+    if not any(k.startswith('stages.') for k in sd):
+        raise ValueError(f'{src} does not look like a SLAB-{family.upper()} checkpoint: it '
+                         f'looks like {describe_state_dict(sd)}')
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    torch.save({'state_dict': sd, 'meta': {'converted_from': src}}, dst)
+    return len(sd)

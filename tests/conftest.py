@@ -1,0 +1,47 @@
+import os
+import re
+
+import pytest
+import torch
+
+REFERENCE = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'reference')
+
+
+def release_state_dict(name: str, seed: int = 0) -> dict:
+    """A full-size release-format state dict synthesised from reference/keys/<name>.txt
+    (the key names, shapes and dtypes of a released ImageNet checkpoint)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    with open(os.path.join(REFERENCE, 'keys', f'{name}.txt')) as f:
+        for line in f:
+            key, shape, dtype = line.rstrip('\n').split('\t')
+            shape = tuple(int(s) for s in re.findall(r'\d+', shape))
+            if dtype == 'int64':
+                sd[key] = torch.zeros(shape, dtype=torch.int64)
+            else:
+                sd[key] = torch.randn(shape, generator=gen) * 0.02
+                if key.endswith('running_var'):
+                    sd[key] = sd[key].abs() + 1
+    return sd
+
+
+@pytest.fixture(scope='session')
+def release_checkpoint(tmp_path_factory):
+    """``release_checkpoint(name, wrap='model')`` -> path of a synthesised release file."""
+    cache = {}
+
+    def make(name: str, wrap: str = 'model') -> str:
+        if (name, wrap) not in cache:
+            sd = release_state_dict(name)
+            path = tmp_path_factory.mktemp('release') / f'{name}_{wrap}.pth'
+            torch.save({wrap: sd, 'epoch': 300} if wrap else sd, path)
+            cache[name, wrap] = str(path)
+        return cache[name, wrap]
+
+    return make
+
+
+@pytest.fixture(scope='session')
+def release_weights():
+    """``release_weights(name)`` -> the state dict ``release_checkpoint(name)`` holds."""
+    return release_state_dict

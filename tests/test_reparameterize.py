@@ -1,0 +1,96 @@
+"""The deploy fold: exact (<= 1e-9 relative in float64), structure without norms in the
+folded paths, dtype kept, ``deploy=True`` loads folded weights strictly."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mmslab.models import PRepBN, RepBN, SLABPVT, SLABSwin, reparameterize
+
+MINIS = {
+    'pvt_LLLL': (SLABPVT, dict(embed_dims=[16, 32, 40, 64], depths=[2, 1, 1, 1])),
+    'pvt_SSSS': (SLABPVT, dict(embed_dims=[16, 32, 40, 64], depths=[2, 1, 1, 1],
+                               attn_types='SSSS')),
+    'swin_LLSS': (SLABSwin, dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])),
+    'swin_SSSS_w7': (SLABSwin, dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
+                                    attn_types='SSSS', window_sizes=7)),
+}
+# non-square, not a multiple of the window (7/28/56) or patch (4), maps smaller than a window
+SHAPES = [(224, 224), (130, 170), (96, 128), (37, 53), (250, 90), (64, 200)]
+
+
+def random_model(cls, kw, dtype=torch.float64, seed=0):
+    """Random weights *and* random BN statistics / alphas, so every fold term matters."""
+    torch.manual_seed(seed)
+    model = cls(**kw).to(dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0 if (p.dim() == 1 and name.endswith('weight')) else 0.0,
+                      0.1 if p.dim() > 1 else 0.3)
+        for m in model.modules():
+            if isinstance(m, RepBN):
+                m.bn.running_mean.normal_(0, 0.5)
+                m.bn.running_var.uniform_(0.5, 2.0)
+                m.alpha.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize('name', list(MINIS))
+def test_fold_is_exact_in_float64(name):
+    cls, kw = MINIS[name]
+    model = random_model(cls, kw)
+    folded = copy.deepcopy(model)
+    folded.switch_to_deploy()
+    worst = 0.0
+    for i, hw in enumerate(SHAPES):
+        x = torch.randn(1 + i % 2, 3, *hw, dtype=torch.float64)
+        with torch.no_grad():
+            for a, b in zip(model(x), folded(x)):
+                assert a.shape == b.shape
+                worst = max(worst, ((a - b).abs().max() / a.abs().max()).item())
+    assert worst <= 1e-9, worst
+
+
+@pytest.mark.parametrize('name', list(MINIS))
+def test_folded_structure(name):
+    cls, kw = MINIS[name]
+    folded = random_model(cls, kw, torch.float32)
+    folded.switch_to_deploy()
+    assert folded.deploy
+    assert not any(isinstance(m, (PRepBN, RepBN, nn.BatchNorm1d)) for m in folded.modules())
+    layer_norms = [n for n, m in folded.named_modules() if isinstance(m, nn.LayerNorm)]
+    assert layer_norms == ([f'norm{i}' for i in range(4)] if cls is SLABSwin else [])
+    assert all(p.dtype == torch.float32 for p in folded.parameters())
+    # deploy=True builds the same structure: the folded weights load strictly
+    direct = cls(**kw, deploy=True)
+    direct.load_state_dict(folded.state_dict(), strict=True)
+    x = torch.randn(1, 3, 96, 136)
+    with torch.no_grad():
+        for a, b in zip(direct.eval()(x), folded(x)):
+            assert torch.equal(a, b)
+
+
+def test_fold_keeps_half_precision_dtype():
+    cls, kw = MINIS['swin_LLSS']
+    model = random_model(cls, kw, torch.float32)
+    model.to(torch.bfloat16).switch_to_deploy()
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+def test_non_folded_checkpoint_into_deploy_backbone_explains(tmp_path):
+    cls, kw = MINIS['pvt_LLLL']
+    path = tmp_path / 'trained.pth'
+    torch.save({'state_dict': cls(**kw).state_dict()}, path)
+    model = cls(**kw, deploy=True, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(ValueError, match='deploy=True and loads only re-parameterized'):
+        model.init_weights()
+
+
+def test_reparameterize_finds_backbones_in_a_wrapper():
+    cls, kw = MINIS['swin_LLSS']
+    wrapper = nn.Sequential(random_model(cls, kw, torch.float32), nn.Identity())
+    assert reparameterize(wrapper) == 1
+    assert wrapper[0].deploy
+    with pytest.raises(ValueError, match='contains no SLAB backbone'):
+        reparameterize(nn.Linear(2, 2))
