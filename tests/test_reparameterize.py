@@ -94,3 +94,60 @@ def test_reparameterize_finds_backbones_in_a_wrapper():
     assert wrapper[0].deploy
     with pytest.raises(ValueError, match='contains no SLAB backbone'):
         reparameterize(nn.Linear(2, 2))
+
+
+DET_CFG = '''
+_base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py']
+custom_imports = dict(imports=['mmslab'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(_delete_=True, type='SLABSwin', embed_dims=32, depths=[2, 2, 2, 2],
+                  num_heads=[1, 2, 4, 8]),
+    neck=dict(in_channels=[32, 64, 128, 256]))
+'''
+SEG_CFG = '''
+_base_ = ['mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py']
+custom_imports = dict(imports=['mmslab'], allow_failed_imports=False)
+model = dict(
+    pretrained=None,
+    data_preprocessor=dict(size=None, size_divisor=32),
+    backbone=dict(_delete_=True, type='SLABPVT', embed_dims=[16, 32, 40, 64],
+                  depths=[1, 1, 1, 1], attn_types='LLSS'),
+    decode_head=dict(in_channels=[16, 32, 40, 64], channels=32),
+    auxiliary_head=dict(in_channels=40, channels=16))
+'''
+
+
+@pytest.mark.parametrize('cfg_text', [DET_CFG, SEG_CFG], ids=['mask_rcnn', 'upernet'])
+def test_deploy_tool_on_a_detector_and_a_segmentor(tmp_path, cfg_text):
+    import subprocess
+    import sys
+
+    from mmengine.runner import load_checkpoint
+
+    from mmslab.models.reparameterize import build_model_from_config
+    config = tmp_path / 'model.py'
+    config.write_text(cfg_text)
+    model = build_model_from_config(str(config))
+    model.init_weights()
+    with torch.no_grad():  # a 'trained' state: random BN statistics and alphas
+        for m in model.backbone.modules():
+            if isinstance(m, RepBN):
+                m.bn.running_mean.normal_(0, 0.5)
+                m.bn.running_var.uniform_(0.5, 2.0)
+                m.alpha.uniform_(0.5, 1.5)
+    ckpt = tmp_path / 'trained.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {'iter': 7}}, ckpt)
+    before = ckpt.read_bytes()
+    out = tmp_path / 'deploy' / 'folded.pth'
+    proc = subprocess.run([sys.executable, 'tools/deploy.py', str(config), str(ckpt), str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'relative difference' in proc.stdout
+    assert ckpt.read_bytes() == before  # the trained checkpoint is untouched
+    folded = build_model_from_config(str(tmp_path / 'deploy' / 'folded_config.py'))
+    assert folded.backbone.deploy
+    meta = load_checkpoint(folded, str(out), map_location='cpu', strict=True)['meta']
+    assert meta['iter'] == 7 and meta['fold_relative_error'] <= 1e-4
+    proc = subprocess.run([sys.executable, 'tools/deploy.py', str(config), str(ckpt), str(ckpt)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and 'refusing to overwrite' in proc.stderr
