@@ -1,0 +1,3 @@
+from .prepbn_hook import PRepBNHook
+
+__all__ = ['PRepBNHook']

@@ -1,0 +1,137 @@
+"""Iteration-keyed schedule of the PRepBN mixing weight ``lam`` (SLAB.md section 1)."""
+from typing import Optional, Union
+
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+
+from mmslab.models.norms import set_prepbn_lam
+
+DATA_BATCH = Optional[Union[dict, tuple, list]]
+
+
+@HOOKS.register_module()
+class PRepBNHook(Hook):
+    """Set ``lam`` of every :class:`PRepBN` from the runner's iteration.
+
+    ``lam`` mixes the two norms of PRepBN during training,
+    ``lam * LayerNorm(x) + (1 - lam) * RepBN(x)``: it starts at ``r0`` (pure
+    LayerNorm for ``r0 = 1``) and decays linearly to 0 (pure RepBN, which is also
+    what eval mode always uses). With ``i = runner.iter`` at the start of an
+    iteration (0-based)::
+
+        lam(i) = r0                                           if i < warmup_iters
+        lam(i) = r0 * max(0, 1 - (i - warmup_iters) / decay)  otherwise
+
+    ``lam`` is a pure function of ``runner.iter``: it is set in ``before_train``
+    and ``before_train_iter``, never derived from counting forward calls. So
+    gradient accumulation, several forwards per iteration, validation inside
+    training and resuming from a checkpoint all see the same schedule as an
+    uninterrupted run, and the hook has no state to save. Every PRepBN of the model
+    holds the same ``lam``. The value is logged as ``prepbn_lam`` with the other
+    training scalars (message hub key ``train/prepbn_lam``).
+
+    Choosing ``decay_iters``: the SLAB release decayed over 60k-300k iterations
+    (per forward call). Users report NaN losses with short decays and that a decay
+    over about 4/5 of all training iterations is safe, hence the default
+    ``decay_iters=0.8`` for training from a LayerNorm start.
+
+    Fine-tuning a released (converged, pure RepBN) checkpoint keeps ``lam = 0``
+    throughout with ``r0=0.0``::
+
+        custom_hooks = [dict(type='PRepBNHook', r0=0.0)]
+
+    Without the hook, ``lam`` stays at PRepBN's default 0 as well; the hook then
+    only makes the choice explicit and logged.
+
+    Args:
+        r0 (float): Initial ``lam`` in ``[0, 1]``. Defaults to 1.0 (pure LayerNorm).
+        warmup_iters (int): Iterations that keep ``lam = r0`` before the decay
+            starts. Defaults to 0.
+        decay_iters (int | float): Length of the linear decay to 0. An ``int`` is a
+            number of iterations (``0``: switch to ``lam = 0`` right after the
+            warmup); a ``float`` in ``(0, 1]`` is a fraction of ``runner.max_iters``
+            (the whole run, also for epoch-based loops). Defaults to 0.8.
+    """
+
+    priority = 'NORMAL'
+
+    def __init__(self,
+                 r0: float = 1.0,
+                 warmup_iters: int = 0,
+                 decay_iters: Union[int, float] = 0.8) -> None:
+        if isinstance(r0, bool) or not isinstance(r0, (int, float)) or not 0 <= r0 <= 1:
+            raise ValueError(f'r0 must be a number in [0, 1], got {r0!r}')
+        if isinstance(warmup_iters, bool) or not isinstance(warmup_iters, int) \
+                or warmup_iters < 0:
+            raise ValueError(f'warmup_iters must be an int >= 0, got {warmup_iters!r}')
+        if isinstance(decay_iters, bool) or not isinstance(decay_iters, (int, float)):
+            raise ValueError(f'decay_iters must be an int (iterations) or a float in '
+                             f'(0, 1] (fraction of max_iters), got {decay_iters!r}')
+        if isinstance(decay_iters, int) and decay_iters < 0:
+            raise ValueError(f'decay_iters must be >= 0 iterations, got {decay_iters}')
+        if isinstance(decay_iters, float) and not 0 < decay_iters <= 1:
+            raise ValueError(
+                f'a float decay_iters is a fraction of max_iters and must be in (0, 1], '
+                f'got {decay_iters}; use an int for a number of iterations')
+        self.r0 = float(r0)
+        self.warmup_iters = warmup_iters
+        self.decay_iters = decay_iters
+        self._warned = False
+
+    def decay_length(self, max_iters: int) -> float:
+        """Number of decay iterations for a run of ``max_iters`` iterations."""
+        if isinstance(self.decay_iters, float):
+            return self.decay_iters * max_iters
+        return float(self.decay_iters)
+
+    def lam_at(self, cur_iter: int, max_iters: int) -> float:
+        """``lam`` for the iteration ``cur_iter`` (0-based) of a ``max_iters`` run."""
+        if cur_iter < self.warmup_iters:
+            return self.r0
+        decay = self.decay_length(max_iters)
+        if decay <= 0:
+            return 0.0
+        return self.r0 * max(0.0, 1.0 - (cur_iter - self.warmup_iters) / decay)
+
+    def before_train(self, runner) -> None:
+        """Set ``lam`` for the first (or resumed) iteration; warn about odd setups."""
+        lam = self._apply(runner)
+        if lam is None:
+            return
+        end = self.warmup_iters + self.decay_length(runner.max_iters)
+        if self.r0 > 0 and end > runner.max_iters:
+            final = self.lam_at(runner.max_iters - 1, runner.max_iters)
+            runner.logger.warning(
+                f'PRepBNHook: the lam decay ends at iteration {end:g}, after the last '
+                f'one ({runner.max_iters}); training ends with lam={final:.4g} > 0 '
+                'while eval mode uses RepBN only.')
+
+    def before_train_iter(self,
+                          runner,
+                          batch_idx: int,
+                          data_batch: DATA_BATCH = None) -> None:
+        """Set ``lam`` for the current iteration and log it.
+
+        Args:
+            runner (Runner): The runner of the training process.
+            batch_idx (int): The index of the current batch in the train loop.
+            data_batch (dict or tuple or list, optional): Data from dataloader.
+        """
+        lam = self._apply(runner)
+        if lam is not None:
+            runner.message_hub.update_scalar('train/prepbn_lam', lam)
+
+    def _apply(self, runner) -> Optional[float]:
+        """Set ``lam(runner.iter)`` on all PRepBN; return it (None without PRepBN)."""
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        lam = self.lam_at(runner.iter, runner.max_iters)
+        if set_prepbn_lam(model, lam) == 0:
+            if not self._warned:
+                runner.logger.warning(
+                    f'PRepBNHook: the model ({type(model).__name__}) has no PRepBN '
+                    'module; the hook does nothing.')
+                self._warned = True
+            return None
+        return lam
+
