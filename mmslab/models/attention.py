@@ -32,9 +32,11 @@ def resize_pos_embed(pos: torch.Tensor, src_hw: HW, dst_hw: HW) -> torch.Tensor:
         raise ValueError(f'position table of {pos.shape[1]} entries does not match its '
                          f'grid {src_hw[0]}x{src_hw[1]}')
     c = pos.shape[-1]
+    # channels-last in and out: the result is a contiguous token-major (1, H*W, C) table
     grid = pos.reshape(1, src_hw[0], src_hw[1], c).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=tuple(dst_hw), mode='bilinear', align_corners=False)
-    return grid.flatten(2).transpose(1, 2)
+    grid = F.interpolate(grid.contiguous(memory_format=torch.channels_last), size=tuple(dst_hw),
+                         mode='bilinear', align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, dst_hw[0] * dst_hw[1], c)
 
 
 def _core_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -89,33 +91,61 @@ class SimplifiedLinearAttention(nn.Module):
         """Per-token projection ``(B, N, C) -> (B, N, 3C)`` laid out as [q | k | v]."""
         if self.qkv_layout == 'qkv':
             return self.qkv(x)
-        return torch.cat([self.q(x), self.kv(x)], dim=-1)
+        # One GEMM with the stacked weights writes [q | k | v] directly (no output concat).
+        q, kv = self.q, self.kv
+        bias = None
+        if q.bias is not None or kv.bias is not None:
+            bias = torch.cat([q.bias if q.bias is not None else q.weight.new_zeros(q.out_features),
+                              kv.bias if kv.bias is not None else kv.weight.new_zeros(
+                                  kv.out_features)])
+        return F.linear(x, torch.cat([q.weight, kv.weight]), bias)
 
     def attend(self, qkv: torch.Tensor, hw: HW) -> torch.Tensor:
-        """Attention over projected tokens ``(B, H*W, 3C)`` of an ``H x W`` grid."""
+        """Attention over projected tokens ``(B, H*W, 3C)`` of an ``H x W`` grid.
+
+        Layout: q, k, v stay token-major ``(B, N, C)``; each head's matmuls run on strided
+        ``(B, N, d)`` column slices (BLAS takes them as they are, no head-major copies). The
+        depthwise conv runs channels-last over all heads at once (its ``d`` filters
+        repeated per head) and writes the ``(B, N, C)`` result the attention is added into,
+        so the output reaches ``proj`` without a transpose. The normaliser comes from the
+        numerator's matmul: ``q @ [k^T v | k^T 1]``.
+        """
         b, n, _ = qkv.shape
         h, w = hw
         if n != h * w:
             raise ValueError(f'{n} tokens do not form a {h}x{w} grid')
-        c, heads, d = self.embed_dims, self.num_heads, self.head_dims
-        q, k, v = qkv.split(c, dim=-1)
+        c, d = self.embed_dims, self.head_dims
         pos = resize_pos_embed(self.positional_encoding, self.pos_grid, hw)
-        dtype = _core_dtype(qkv.dtype)
+        in_dtype, dtype = qkv.dtype, _core_dtype(qkv.dtype)
         with torch.autocast(device_type=qkv.device.type, enabled=False):
-            q = F.relu(q.to(dtype)).view(b, n, heads, d).transpose(1, 2)
-            k = F.relu(k.to(dtype) + pos.to(dtype)).view(b, n, heads, d).transpose(1, 2)
-            v = v.to(dtype).view(b, n, heads, d).transpose(1, 2)         # (B, h, N, d)
-            z = 1.0 / (q @ k.sum(dim=2).unsqueeze(-1) + 1e-6)           # (B, h, N, 1)
-            if n > d:  # q (k^T v) is the cheaper order
-                out = (q @ (k.transpose(-2, -1) @ v)) * z
-            else:
-                out = ((q @ k.transpose(-2, -1)) @ v) * z
-            vmap = v.reshape(b * heads, h, w, d).permute(0, 3, 1, 2)
-            dwc = F.conv2d(vmap, self.dwc.weight.to(dtype), self.dwc.bias.to(dtype),
-                           padding=self.dwc.padding, groups=self.dwc.groups)
-            out = out + dwc.reshape(b, heads, d, n).transpose(-2, -1)
-        out = out.transpose(1, 2).reshape(b, n, c).to(qkv.dtype)
-        return self.proj_drop(self.proj(out))
+            qkv = qkv.to(dtype)
+            v = qkv[..., 2 * c:]
+            out = self._dwc(v, hw)                                        # (B, N, C)
+            q = F.relu(qkv[..., :c])
+            k = torch.add(qkv[..., c:2 * c], pos.to(dtype)).relu_()
+            ksum = k.sum(dim=1).unsqueeze(-1)                             # (B, C, 1)
+            for i in range(0, c, d):
+                qh, kh, vh = q[..., i:i + d], k[..., i:i + d], v[..., i:i + d]  # (B, N, d)
+                if n > d:  # q (k^T v) is the cheaper order
+                    num_den = qh @ torch.cat([kh.transpose(1, 2) @ vh, ksum[:, i:i + d]], -1)
+                    num, den = num_den[..., :d], num_den[..., d:]
+                else:
+                    num, den = (qh @ kh.transpose(1, 2)) @ vh, qh @ ksum[:, i:i + d]
+                out[..., i:i + d].addcdiv_(num, den + 1e-6)
+        return self.proj_drop(self.proj(out.to(in_dtype)))
+
+    def _dwc(self, v: torch.Tensor, hw: HW) -> torch.Tensor:
+        """The shared depthwise conv of every head's v: ``(B, N, C)`` (any row stride) ->
+        a new contiguous ``(B, N, C)``; channels-last, one grouped conv for all heads."""
+        b, n, c = v.shape
+        heads = self.num_heads
+        vmap = v.reshape(b, hw[0], hw[1], c).permute(0, 3, 1, 2)
+        vmap = vmap.contiguous(memory_format=torch.channels_last)
+        weight, bias = self.dwc.weight.to(v.dtype), self.dwc.bias.to(v.dtype)
+        if heads > 1:
+            weight, bias = weight.repeat(heads, 1, 1, 1), bias.repeat(heads)
+        out = F.conv2d(vmap, weight, bias, padding=self.dwc.padding, groups=c)
+        return out.permute(0, 2, 3, 1).reshape(b, n, c)
 
     def pad_qkv(self) -> Optional[torch.Tensor]:
         """The projection of a zero (normalised) token: the value of padded tokens."""
@@ -180,8 +210,14 @@ class WindowAttention(nn.Module):
             q, k, v = (t.view(bw // nw, nw, heads, n, d) for t in (q, k, v))
         else:
             attn_mask = bias
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.)
+        if torch.is_grad_enabled() or (self.training and self.attn_drop > 0):
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.)
+        else:  # inference: plain softmax(q k^T / sqrt(d) + bias) v, in place where possible
+            # (SDPA's CPU math path adds an all-masked-row check that costs as much as
+            # the softmax itself)
+            attn = (q * d ** -0.5) @ k.transpose(-2, -1)
+            out = attn.add_(attn_mask).softmax(dim=-1) @ v
         out = out.reshape(bw, heads, n, d).transpose(1, 2).reshape(bw, n, self.embed_dims)
         return self.proj_drop(self.proj(out))
 

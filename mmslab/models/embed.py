@@ -1,4 +1,5 @@
-"""Patch embedding shared by the SLAB backbones: strided conv -> PRepBN on the tokens."""
+"""Patch embedding shared by the SLAB backbones: strided conv -> PRepBN on the tokens; and
+the inference fast paths of the blocks' residual and MLP (in place when no autograd)."""
 from typing import Tuple
 
 import torch
@@ -34,11 +35,71 @@ class PatchEmbed(nn.Module):
         p = self.patch_size
         if self.pad_to_patch and (x.shape[2] % p or x.shape[3] % p):
             x = F.pad(x, (0, (p - x.shape[3] % p) % p, 0, (p - x.shape[2] % p) % p))
-        x = self.proj(x)
-        hw = (x.shape[2], x.shape[3])
-        return self.norm(x.flatten(2).transpose(1, 2)), hw
+        # Channels-last conv: its output *is* the token-major (B, H*W, C) layout, so the
+        # tokens come out contiguous without a transpose copy.
+        x = self.proj(x.contiguous(memory_format=torch.channels_last))
+        b, c, h, w = x.shape
+        return self.norm(x.permute(0, 2, 3, 1).reshape(b, h * w, c)), (h, w)
 
     def switch_to_deploy(self) -> None:
         if isinstance(self.norm, PRepBN):
             self.proj = fold_affine_into_conv(self.proj, *self.norm.affine())
             self.norm = nn.Identity()
+
+
+def _no_autograd(t: torch.Tensor) -> bool:
+    return not (torch.is_grad_enabled() and t.requires_grad)
+
+
+def add_residual(x: torch.Tensor, y: torch.Tensor, drop_path: nn.Module) -> torch.Tensor:
+    """``x + drop_path(y)``; adds into ``y`` in place when autograd is off."""
+    y = drop_path(y)
+    return y.add_(x) if _no_autograd(y) and y.shape == x.shape else x + y
+
+
+def mlp_forward(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``mlp(x)`` for timm's ``Mlp`` (fc1 -> GELU -> fc2); without autograd and in eval the
+    GELU runs in place on fc1's output (saves a full-width temporary)."""
+    act = getattr(mlp, 'act', None)
+    if mlp.training or type(act) is not nn.GELU or act.approximate != 'none':
+        return mlp(x)
+    h = mlp.fc1(x)
+    h = torch.ops.aten.gelu_(h) if _no_autograd(h) else F.gelu(h)
+    return mlp.fc2(mlp.norm(h))
+
+
+#: hidden-layer elements per token chunk of the inference MLP (16 MB in fp32: below glibc's
+#: 32 MB mmap ceiling, so malloc recycles the chunk instead of mapping fresh pages each time)
+MLP_CHUNK = 1 << 22
+
+
+def mlp_residual(x: torch.Tensor, norm: nn.Module, mlp: nn.Module,
+                 drop_path: nn.Module) -> torch.Tensor:
+    """``x + drop_path(mlp(norm(x)))``.
+
+    Inference (eval modules, no autograd): runs over chunks of tokens (``MLP_CHUNK``
+    hidden elements each), so the norm output and the ``mlp_ratio``-times wider hidden
+    layer are recycled temporaries instead of fresh full-size tensors (on CPU every fresh
+    large tensor is page-faulted in); fc2 writes into the output, the residual is added
+    there. Chunks keep thousands of rows, so the GEMMs stay at full speed.
+    """
+    fc1, fc2 = mlp.fc1, mlp.fc2
+    active = lambda m: m.training and not isinstance(m, nn.Identity)  # noqa: E731
+    if (x.dim() < 2 or torch.is_grad_enabled() or mlp.training or active(drop_path)
+            or active(norm) or not isinstance(norm, (nn.Identity, PRepBN))
+            or type(getattr(mlp, 'act', None)) is not nn.GELU or mlp.act.approximate != 'none'
+            or fc2.bias is None):
+        return add_residual(x, mlp_forward(mlp, norm(x)), drop_path)
+    scale_shift = norm.affine() if isinstance(norm, PRepBN) else None
+    if scale_shift is not None:
+        scale_shift = tuple(t.to(x.dtype) for t in scale_shift)
+    x2 = x.reshape(-1, x.shape[-1])
+    out = torch.empty_like(x2)
+    rows = max(64, MLP_CHUNK // fc1.out_features)
+    w2 = fc2.weight.t()
+    for i in range(0, x2.shape[0], rows):
+        xi, oi = x2[i:i + rows], out[i:i + rows]
+        h = fc1(xi if scale_shift is None else torch.addcmul(scale_shift[1], xi, scale_shift[0]))
+        torch.addmm(fc2.bias, mlp.norm(torch.ops.aten.gelu_(h)), w2, out=oi)
+        oi.add_(xi)
+    return out.view_as(x)

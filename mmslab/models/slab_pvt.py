@@ -17,7 +17,7 @@ from timm.layers import DropPath, Mlp
 from .attention import SimplifiedLinearAttention, SpatialReductionAttention, resize_pos_embed
 from .backbone_utils import SLABBackbone, check_out_indices, resolve_arch
 from .checkpoint import convert_slab_pvt
-from .embed import PatchEmbed
+from .embed import PatchEmbed, add_residual, mlp_residual
 from .norms import PRepBN, fold_affine_into_conv_input, fold_affine_into_linear
 
 HW = Tuple[int, int]
@@ -53,8 +53,8 @@ class SLABPVTBlock(nn.Module):
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop=drop)
 
     def forward(self, x: torch.Tensor, hw: HW) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), hw))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = add_residual(x, self.attn(self.norm1(x), hw), self.drop_path)
+        return mlp_residual(x, self.norm2, self.mlp, self.drop_path)
 
     def switch_to_deploy(self) -> None:
         if not isinstance(self.norm1, PRepBN):
@@ -111,7 +111,9 @@ class SLABPVTStage(nn.Module):
                 x = cp.checkpoint(blk, x, hw, use_reentrant=False)
             else:
                 x = blk(x, hw)
-        return x.transpose(1, 2).reshape(x.shape[0], -1, *hw)
+        # (B, C, H, W) view of the token-major tensor (channels-last strides, no copy): the
+        # next patch embedding consumes it as is; SLABPVT.forward makes outputs contiguous.
+        return x.reshape(x.shape[0], *hw, x.shape[-1]).permute(0, 3, 1, 2)
 
 
 @MODELS.register_module()
@@ -204,7 +206,7 @@ class SLABPVT(SLABBackbone):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                outs.append(x)
+                outs.append(x.contiguous())
             if i >= max(self.out_indices):
                 break
         return tuple(outs)

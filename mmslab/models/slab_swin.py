@@ -4,6 +4,7 @@ Follows the release's detection backbone: window sizes ``[56, 28, 7, 7]``, odd b
 shifted by ``window // 2`` in every stage (the shift mask is ignored by SLA), zero padding
 to whole windows (no clamping to the map), per-output LayerNorms ``norm0..norm3``.
 """
+from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -16,7 +17,7 @@ from timm.layers import DropPath, Mlp
 from .attention import SimplifiedLinearAttention, WindowAttention
 from .backbone_utils import SLABBackbone, check_out_indices, resolve_arch
 from .checkpoint import convert_slab_swin
-from .embed import PatchEmbed
+from .embed import PatchEmbed, add_residual, mlp_residual
 from .norms import PRepBN, fold_affine_into_linear
 
 HW = Tuple[int, int]
@@ -49,6 +50,37 @@ def shift_window_mask(hp: int, wp: int, ws: int, shift: int,
     win = window_partition(img, ws).squeeze(-1)
     mask = win.unsqueeze(1) - win.unsqueeze(2)
     return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+
+@lru_cache(maxsize=32)
+def window_gather_index(h: int, w: int, ws: int, shift: int,
+                        device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices that do pad-to-whole-windows, roll by ``-shift`` and partition in one gather.
+
+    Returns ``(gather, pad, inverse)``: windowed token ``i`` is token ``gather[i]`` of the
+    ``h*w`` map (``pad`` lists the windowed positions that are padding, their ``gather`` is
+    0); token ``t`` of the map is windowed token ``inverse[t]`` (un-partition, roll back,
+    crop).
+    """
+    hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+    with torch.inference_mode(False):  # cached: must not be inference tensors
+        grid = torch.arange(hp * wp, device=device).view(1, hp, wp, 1)
+        if shift:
+            grid = torch.roll(grid, (-shift, -shift), dims=(1, 2))
+        order = window_partition(grid, ws).flatten()
+        row, col = order // wp, order % wp
+        valid = (row < h) & (col < w)
+        gather = torch.where(valid, row * w + col, 0)
+        inverse = torch.empty(h * w, dtype=torch.long, device=device)
+        inverse[gather[valid]] = torch.arange(order.numel(), device=device)[valid]
+        return gather, (~valid).nonzero().flatten(), inverse
+
+
+def _batched(index: torch.Tensor, b: int, n: int) -> torch.Tensor:
+    """``index`` into each of ``b`` stacked length-``n`` sequences (rows of a flat tensor)."""
+    if b == 1:
+        return index
+    return (torch.arange(b, device=index.device).unsqueeze(1) * n + index).flatten()
 
 
 class SLABSwinBlock(nn.Module):
@@ -92,31 +124,22 @@ class SLABSwinBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, hw: HW, mask: Optional[torch.Tensor]) -> torch.Tensor:
         b, n, c = x.shape
-        h, w = hw
         ws, s = self.window_size, self.shift_size
-        qkv = self.attn.project(self.norm1(x)).view(b, h, w, 3 * c)
-        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
-        if (hp, wp) != (h, w):
+        qkv = self.attn.project(self.norm1(x)).reshape(b * n, 3 * c)
+        # pad + roll + window partition as one row gather (and its inverse afterwards)
+        gather, pad_pos, inverse = window_gather_index(hw[0], hw[1], ws, s, x.device)
+        windows = qkv.index_select(0, _batched(gather, b, n))
+        if pad_pos.numel():
             pad = self.qkv_pad if self.deploy else self.attn.pad_qkv()
-            if pad is None:
-                qkv = F.pad(qkv, (0, 0, 0, wp - w, 0, hp - h))
-            else:
-                full = pad.to(qkv.dtype).expand(b, hp, wp, 3 * c).clone()
-                full[:, :h, :w] = qkv
-                qkv = full
-        if s:
-            qkv = torch.roll(qkv, (-s, -s), dims=(1, 2))
-        windows = window_partition(qkv, ws)
+            windows[_batched(pad_pos, b, gather.numel())] = 0 if pad is None else pad.to(qkv.dtype)
+        windows = windows.view(-1, ws * ws, 3 * c)
         if self.attn_type == 'L':
             out = self.attn.attend(windows, (ws, ws))
         else:
             out = self.attn.attend(windows, mask if s else None)
-        out = window_reverse(out, ws, hp, wp)
-        if s:
-            out = torch.roll(out, (s, s), dims=(1, 2))
-        out = out[:, :h, :w].reshape(b, n, c)
-        x = x + self.drop_path(out)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        out = out.reshape(-1, c).index_select(0, _batched(inverse, b, gather.numel()))
+        x = add_residual(x, out.view(b, n, c), self.drop_path)
+        return mlp_residual(x, self.norm2, self.mlp, self.drop_path)
 
     def switch_to_deploy(self) -> None:
         if self.deploy:
