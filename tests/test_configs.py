@@ -1,0 +1,220 @@
+"""Every config under configs/ parses (mmdet::/mmseg:: bases resolved) and builds."""
+import copy
+import glob
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG_DIR = osp.join(ROOT, 'configs')
+RELEASE = 'https://github.com/xinghaochen/SLAB/releases/download/ckpts/'
+
+PVT_T = [64, 128, 320, 512]
+SWIN_T = [96, 192, 384, 768]
+# config -> (scope, backbone type, released ImageNet file or None, backbone channels)
+EXPECTED = {
+    'mask_rcnn_slab_pvt.py': ('mmdet', 'SLABPVT', 'slab_pvt_tiny.pth', PVT_T),
+    'mask_rcnn_pvt_prepbn_s.py': ('mmdet', 'SLABPVT', 'pvt_small_prepbn.pth', PVT_T),
+    'mask_rcnn_slab_swin_t_1x.py': ('mmdet', 'SLABSwin', 'slab_swin_tiny.pth', SWIN_T),
+    'mask_rcnn_slab_swin_t_3x_ms.py':
+    ('mmdet', 'SLABSwin', 'slab_swin_tiny.pth', SWIN_T),
+    'mask_rcnn_slab_swin_s_1x.py': ('mmdet', 'SLABSwin', 'slab_swin_small.pth', SWIN_T),
+    'mask_rcnn_slab_swin_s_3x_ms.py':
+    ('mmdet', 'SLABSwin', 'slab_swin_small.pth', SWIN_T),
+    'mask_rcnn_swin_prepbn_t_1x.py':
+    ('mmdet', 'SLABSwin', 'swin_tiny_prepbn.pth', SWIN_T),
+    'upernet_slab_swin_t_ade20k_512x512_160k.py':
+    ('mmseg', 'SLABSwin', 'slab_swin_tiny.pth', SWIN_T),
+    'upernet_slab_swin_s_ade20k_512x512_160k.py':
+    ('mmseg', 'SLABSwin', 'slab_swin_small.pth', SWIN_T),
+    'upernet_slab_pvt_t_ade20k_512x512_160k.py':
+    ('mmseg', 'SLABPVT', 'slab_pvt_tiny.pth', PVT_T),
+    'demo/mask_rcnn_slab_pvt_demo.py': ('mmdet', 'SLABPVT', None, [32, 64, 128, 256]),
+    'demo/upernet_slab_swin_demo.py': ('mmseg', 'SLABSwin', None, [32, 64, 128, 256]),
+}
+# backbone architecture each config must build (checked on the built module)
+ARCH = {
+    'mask_rcnn_slab_pvt.py': dict(depths=[2, 2, 2, 2], attn_types='LLLL'),
+    'mask_rcnn_pvt_prepbn_s.py': dict(depths=[3, 4, 6, 3], attn_types='SSSS'),
+    'mask_rcnn_slab_swin_t_1x.py': dict(depths=[2, 2, 6, 2], attn_types='LLSS'),
+    'mask_rcnn_slab_swin_s_1x.py': dict(depths=[2, 2, 18, 2], attn_types='LLSS'),
+    'mask_rcnn_swin_prepbn_t_1x.py': dict(depths=[2, 2, 6, 2], attn_types='SSSS'),
+    'upernet_slab_swin_s_ade20k_512x512_160k.py': dict(depths=[2, 2, 18, 2]),
+    'upernet_slab_pvt_t_ade20k_512x512_160k.py':
+    dict(depths=[2, 2, 2, 2], attn_types='LLLL'),
+}
+
+
+def _all_configs():
+    return sorted(
+        osp.relpath(p, CONFIG_DIR)
+        for p in glob.glob(osp.join(CONFIG_DIR, '**', '*.py'), recursive=True))
+
+
+def _load(rel):
+    return Config.fromfile(osp.join(CONFIG_DIR, rel))
+
+
+def _registry(scope):
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+    else:
+        from mmseg.registry import MODELS
+        from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    init_default_scope(scope)
+    return MODELS
+
+
+def _build(cfg, scope):
+    """Build cfg.model without downloading: the backbone's init_cfg is dropped."""
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.backbone.init_cfg = None
+    return _registry(scope).build(model_cfg)
+
+
+def test_every_config_is_covered():
+    assert _all_configs() == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize('rel', sorted(EXPECTED))
+def test_config_parses_and_builds(rel):
+    scope, bb_type, ckpt, channels = EXPECTED[rel]
+    cfg = _load(rel)
+    assert cfg.default_scope == scope
+    assert cfg.custom_imports == dict(imports=['mmslab'], allow_failed_imports=False)
+    bb = cfg.model.backbone
+    assert bb.type == bb_type
+    if ckpt is None:  # demos train from scratch with the LN -> BN schedule
+        assert bb.init_cfg is None and bb.norm_eval is False
+        hooks = [h for h in cfg.custom_hooks if h.type == 'PRepBNHook']
+        assert len(hooks) == 1 and hooks[0].r0 == 1.0 and hooks[0].decay_iters == 0.8
+    else:  # fine-tuning a released ImageNet checkpoint: pure RepBN, BN frozen
+        assert bb.init_cfg == dict(type='Pretrained', checkpoint=RELEASE + ckpt)
+        assert bb.norm_eval is True
+        hooks = [h for h in cfg.custom_hooks if h.type == 'PRepBNHook']
+        assert len(hooks) == 1 and hooks[0].r0 == 0.0
+        assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    # the hook config builds
+    from mmengine.registry import HOOKS
+    HOOKS.build(copy.deepcopy(hooks[0]))
+
+    model = _build(cfg, scope)
+    backbone = model.backbone
+    assert type(backbone).__name__ == bb_type
+    for key, value in ARCH.get(rel, {}).items():
+        assert backbone.arch_settings[key] == value, (key, backbone.arch_settings)
+    # the head's input channels are the backbone's real output channels
+    if scope == 'mmdet':
+        assert list(cfg.model.neck.in_channels) == channels
+    else:
+        assert list(cfg.model.decode_head.in_channels) == channels
+        assert cfg.model.auxiliary_head.in_channels == channels[
+            cfg.model.auxiliary_head.in_index]
+    backbone.eval()
+    with torch.no_grad():
+        outs = backbone(torch.rand(1, 3, 64, 96))
+    assert [o.shape[1] for o in outs] == channels
+    assert [tuple(o.shape[2:]) for o in outs] == [(64 // s, 96 // s)
+                                                  for s in (4, 8, 16, 32)]
+
+
+def test_flagship_backbone_and_neck():
+    cfg = _load('mask_rcnn_slab_pvt.py')
+    # stock COCO data and 1x schedule of mmdet
+    assert cfg.train_dataloader.dataset.type == 'CocoDataset'
+    assert cfg.train_dataloader.dataset.data_root == 'data/coco/'
+    assert cfg.train_cfg.max_epochs == 12
+    assert cfg.param_scheduler[-1].milestones == [8, 11]
+    assert cfg.optim_wrapper.optimizer.lr == 1e-4
+    assert cfg.optim_wrapper.optimizer.weight_decay == 0.05
+    model = _build(cfg, 'mmdet')
+    assert model.backbone.arch_settings['embed_dims'] == PVT_T
+    assert model.backbone.arch_settings['depths'] == [2, 2, 2, 2]
+    assert model.roi_head.bbox_head.num_classes == 80
+    model.eval()
+    with torch.no_grad():
+        feats = model.neck(model.backbone(torch.rand(2, 3, 128, 160)))
+    assert len(feats) == 5
+    assert [tuple(f.shape) for f in feats] == [(2, 256, 128 // s, 160 // s)
+                                              for s in (4, 8, 16, 32)] + [(2, 256, 2, 3)]
+
+    # no weight decay on norms (LN weights/biases, RepBN alpha and BN affine) or on
+    # position embeddings / SLA positional encodings; decay 0.05 on the rest
+    from mmengine.optim import build_optim_wrapper
+    optim = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
+    wd = {}
+    for group in optim.optimizer.param_groups:
+        for p in group['params']:
+            wd[id(p)] = group['weight_decay']
+    names = dict(model.named_parameters())
+    no_decay = [n for n in names if any(
+        k in n for k in ('norm', '.alpha', 'pos_embed', 'positional_encoding'))]
+    assert any('.alpha' in n for n in no_decay)
+    assert any('positional_encoding' in n for n in no_decay)
+    assert any('pos_embed' in n for n in no_decay)
+    for n in no_decay:
+        assert wd[id(names[n])] == 0.0, n
+    for n in ('backbone.stages.0.blocks.0.attn.q.weight', 'neck.fpn_convs.0.conv.weight'):
+        if n in names:
+            assert wd[id(names[n])] == 0.05, n
+    decayed = [n for n in names if wd[id(names[n])] == 0.05]
+    assert any(n.startswith('backbone.') for n in decayed)
+
+
+def test_swin_recipes():
+    t1 = _load('mask_rcnn_slab_swin_t_1x.py')
+    t3 = _load('mask_rcnn_slab_swin_t_3x_ms.py')
+    s3 = _load('mask_rcnn_slab_swin_s_3x_ms.py')
+    assert t1.train_cfg.max_epochs == 12 and t3.train_cfg.max_epochs == 36
+    assert t3.param_scheduler[-1].milestones == [27, 33]
+    for cfg in (t1, t3, s3):
+        assert cfg.optim_wrapper.optimizer.lr == 1e-4
+        assert cfg.optim_wrapper.optimizer.weight_decay == 0.05
+        keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
+        for k in ('norm', 'relative_position_bias_table', 'positional_encoding',
+                  '.alpha'):
+            assert keys[k].decay_mult == 0.0
+        assert cfg.model.backbone.window_sizes == (56, 28, 7, 7)
+    # multi-scale 480-800 training (with the DETR-style crop branch)
+    for cfg in (t3, s3):
+        choice = [t for t in cfg.train_dataloader.dataset.pipeline
+                  if t.type == 'RandomChoice'][0]
+        short = sorted({s[0] for branch in choice.transforms for t in branch
+                        if t.type == 'RandomChoiceResize' for s in t.scales})
+        assert short[0] == 400 and short[-1] == 800 and 480 in short
+    assert s3.model.backbone.arch == 'small'
+    assert s3.model.backbone.drop_path_rate == 0.3
+
+
+def test_upernet_recipe():
+    cfg = _load('upernet_slab_swin_t_ade20k_512x512_160k.py')
+    assert cfg.train_cfg.max_iters == 160000
+    assert cfg.crop_size == (512, 512)
+    assert cfg.train_dataloader.dataset.type == 'ADE20KDataset'
+    assert cfg.model.decode_head.num_classes == 150
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    pvt = _load('upernet_slab_pvt_t_ade20k_512x512_160k.py')
+    assert pvt.optim_wrapper.paramwise_cfg.custom_keys['pos_embed'].decay_mult == 0.0
+
+
+def test_demo_configs_settings():
+    det = _load('demo/mask_rcnn_slab_pvt_demo.py')
+    classes = ('circle', 'square', 'triangle', 'star')
+    for loader in (det.train_dataloader, det.val_dataloader, det.test_dataloader):
+        assert loader.dataset.metainfo['classes'] == classes
+        assert loader.dataset.data_root == 'data/demo_coco/'
+    assert det.val_evaluator.ann_file == 'data/demo_coco/annotations/instances_val2017.json'
+    assert det.val_evaluator.metric == ['bbox', 'segm']
+    assert det.model.roi_head.bbox_head.num_classes == 4
+    assert det.model.roi_head.mask_head.num_classes == 4
+    seg = _load('demo/upernet_slab_swin_demo.py')
+    for loader in (seg.train_dataloader, seg.val_dataloader):
+        assert loader.dataset.metainfo['classes'][0] == 'background'
+        assert loader.dataset.reduce_zero_label is True
+    assert seg.model.decode_head.num_classes == 5
+    assert seg.model.auxiliary_head.num_classes == 5
