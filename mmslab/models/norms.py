@@ -42,8 +42,10 @@ class PRepBN(nn.Module):
 
     Training: ``lam * LayerNorm(x) + (1 - lam) * RepBN(x)``; eval: ``RepBN(x)``.
     ``lam = 1`` is pure LayerNorm, ``lam = 0`` (the default, a converged model) pure RepBN.
-    RepBN runs in every training forward (so its running statistics are tracked even while
-    ``lam = 1``); the LayerNorm is skipped when ``lam == 0``.
+    Both branches run in every training forward, as in the release: RepBN's running
+    statistics are tracked even while ``lam = 1``, and every parameter takes part in the
+    graph at any ``lam`` (DistributedDataParallel requires it: skipping the LayerNorm at
+    ``lam = 0`` would leave its parameters without gradients and stop DDP training).
 
     Sub-module names ``norm1`` (LayerNorm) and ``norm2`` (RepBN) follow the release.
     """
@@ -66,10 +68,7 @@ class PRepBN(nn.Module):
         if not self.training:
             return self.norm2(x)
         lam = float(self.lam)
-        out = self.norm2(x)
-        if lam == 0.0:
-            return out
-        return lam * self.norm1(x) + (1.0 - lam) * out
+        return lam * self.norm1(x) + (1.0 - lam) * self.norm2(x)
 
     def affine(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The eval-mode (deploy) map ``y = scale * x + shift``."""
