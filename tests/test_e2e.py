@@ -86,18 +86,26 @@ def mim(*args, log_file, **kwargs):
     return run([sys.executable, '-m', 'mim', *args], log_file, **kwargs)
 
 
+def _json_path(run: str) -> str:
+    """mmengine writes a training run's json log to ``<ts>/vis_data/<ts>.json`` and a
+    test run's to ``<ts>/<ts>.json``."""
+    name = osp.basename(run) + '.json'
+    for path in (osp.join(run, name), osp.join(run, 'vis_data', name)):
+        if osp.isfile(path):
+            return path
+    return ''
+
+
 def run_dir(work_dir):
     """The single ``<work_dir>/<timestamp>/`` directory of a Runner."""
-    dirs = [d for d in glob.glob(osp.join(work_dir, '*')) if osp.isdir(d)
-            and osp.isfile(osp.join(d, osp.basename(d) + '.json'))]
+    dirs = [d for d in glob.glob(osp.join(work_dir, '*')) if osp.isdir(d) and _json_path(d)]
     assert len(dirs) == 1, f'expected one run directory with a json log in {work_dir}: {dirs}'
     return dirs[0]
 
 
 def json_log(work_dir):
-    """The records of ``<work_dir>/<ts>/<ts>.json`` (one per logging step / evaluation)."""
-    d = run_dir(work_dir)
-    with open(osp.join(d, osp.basename(d) + '.json')) as f:
+    """The records of the run's json log (one per logging step / evaluation)."""
+    with open(_json_path(run_dir(work_dir))) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -475,6 +483,7 @@ def test_backbone_swap_into_stock_retinanet(e2e_dir, coco_root):
     """A stock mmdet config with only its backbone replaced by SLABSwin (and the neck's
     in_channels) builds, trains a few iterations and evaluates (in-process Runner)."""
     from mmengine.config import Config
+    from mmengine.hub import get_config
     from mmengine.runner import Runner
 
     cfg_file = write_config(osp.join(e2e_dir, 'retinanet_slab_swin_mini.py'),
@@ -527,7 +536,7 @@ def test_backbone_swap_into_stock_retinanet(e2e_dir, coco_root):
     cfg = Config.fromfile(cfg_file)
     cfg.work_dir = osp.join(e2e_dir, 'work_retinanet_swin')
     # only the backbone (and the neck's width) differ from the stock model
-    stock = Config.fromfile('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py')
+    stock = get_config('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py')
     assert cfg.model.type == stock.model.type == 'RetinaNet'
     assert cfg.model.neck.type == stock.model.neck.type
     assert cfg.model.neck.start_level == stock.model.neck.start_level
