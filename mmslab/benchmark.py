@@ -202,7 +202,7 @@ class BenchmarkResult:
 
     @property
     def gemm(self) -> float:
-        """The higher of the GEMM rates measured at the start and the end of the run."""
+        """The highest GEMM rate measured in the run (start, and after each size)."""
         return max(self.gemm_gflops)
 
     def table(self) -> str:
@@ -211,8 +211,9 @@ class BenchmarkResult:
             f'threads={self.threads}, batch 1, fp32, torch.no_grad eval; latency median of '
             f'{self.repeat} interleaved rounds after {self.warmup} warm-up; dense fp32 GEMM '
             f'(2048^3 torch.mm) {" / ".join(f"{g:.0f}" for g in self.gemm_gflops)} GFLOP/s '
-            f'(start / end of run); {self.env.get("cpu", "")}; torch {self.env["torch"]}; '
-            f'load average before / after: {" / ".join(f"{x:.2f}" for x in self.load)}',
+            f'(start / after each size); {self.env.get("cpu", "")}; torch {self.env["torch"]}; '
+            f'1-min load average at start / after each size: '
+            f'{" / ".join(f"{x:.2f}" for x in self.load)}',
             '',
             '| backbone | input (HxW) | MPix | latency s: median [min, max] | vs stock '
             '| GMAC | GFLOP/s | % of GEMM | peak alloc MB | peak RSS growth MB |',
@@ -230,6 +231,9 @@ class BenchmarkResult:
                 f'| {"-" if gf is None else f"{gf:.1f}"} '
                 f'| {"-" if gf is None else f"{100 * gf / self.gemm:.0f}%"} '
                 f'| {mb(m.peak_bytes)} | {mb(m.rss_bytes)} |')
+        if max(self.gemm_gflops) > 1.15 * min(self.gemm_gflops):
+            lines.insert(1, '\nWARNING: the GEMM rate moved by more than 15% during the run: '
+                            'the machine was not quiet, latencies are not reliable.')
         lines += ['', 'vs stock = latency / latency of the mmdet backbone of the same family; '
                   'GMAC = 1e9 multiply-accumulates of linear/matmul/conv/attention ops '
                   '(mmengine FlopAnalyzer, element-wise ops not counted); GFLOP/s = 2 x MAC / '
@@ -329,7 +333,7 @@ def run_benchmark(models: Sequence[str] = tuple(MODELS),
 def _run(models: Sequence[str], sizes: Sequence[Size], repeat: int, warmup: int, mini: bool,
          flops: bool, memory: bool, factories: Optional[Mapping[str, ModelFactory]],
          log: Callable[[str], None]) -> BenchmarkResult:
-    load0 = os.getloadavg()
+    load = [os.getloadavg()[0]]
     built = {name: factories[name]() if factories and name in factories
              else build_backbone(name, mini) for name in models}
     for model in built.values():
@@ -357,6 +361,9 @@ def _run(models: Sequence[str], sizes: Sequence[Size], repeat: int, warmup: int,
                     if rss0 is not None:
                         grow = (_status_kb('VmHWM') - rss0) * 1024
                         meas[name].rss_bytes = max(meas[name].rss_bytes or 0, grow)
+        gemm.append(gemm_gflops())
+        load.append(os.getloadavg()[0])
+        log(f'GEMM fp32 2048^3 after {h}x{w}: {gemm[-1]:.1f} GFLOP/s, load {load[-1]:.2f}')
         for name in names:
             m = meas[name]
             if flops:
@@ -367,11 +374,10 @@ def _run(models: Sequence[str], sizes: Sequence[Size], repeat: int, warmup: int,
             log(f'{name:>20} {h}x{w}: {m.median:.3f} s [{min(m.times):.3f}, '
                 f'{max(m.times):.3f}]' + (f', {m.macs / 1e9:.3g} GMAC' if m.macs else ''))
             result.append(m)
-    gemm.append(gemm_gflops())
     env = dict(torch=torch.__version__, python=platform.python_version(),
                cpu=_cpu_name(), cores=str(os.cpu_count()))
     return BenchmarkResult(result, gemm, torch.get_num_threads(), repeat, warmup, env,
-                           missed, (load0[0], os.getloadavg()[0]))
+                           missed, tuple(load))
 
 
 def _cpu_name() -> str:
