@@ -10,8 +10,8 @@ hits every model alike. Reported per model and size:
   convolutions, scaled-dot-product attention) counted by mmengine's ``FlopAnalyzer`` on a
   traced forward. Element-wise ops (norms, activations, softmax, adds) are not counted, for
   every model alike. SLA is all matmuls + one depthwise conv, so its cost is in the count;
-  ``scaled_dot_product_attention`` and ``baddbmm``, which the analyzer does not know, get
-  handles here;
+  ``scaled_dot_product_attention``, ``baddbmm`` and the in-place ``addmm_``, which the
+  analyzer does not know, get handles here;
 * achieved GFLOP/s = 2 * MACs / median latency, next to the dense fp32 GEMM rate
   (``torch.mm`` of two 2048x2048 matrices) measured in the same run;
 * peak memory: the peak of the bytes of tensors alive at once among those the forward
@@ -99,7 +99,8 @@ def _sdpa_macs(inputs: List[Any], outputs: List[Any]) -> int:
     return prod(q[:-1]) * k[-2] * (q[-1] + v[-1])  # q k^T and (attn) v
 
 
-def _baddbmm_macs(inputs: List[Any], outputs: List[Any]) -> int:
+def _accumulating_mm_macs(inputs: List[Any], outputs: List[Any]) -> int:
+    """``baddbmm(c, a, b)`` / ``addmm_(c, a, b)``: c + a @ b."""
     from mmengine.analysis.jit_handles import get_shape
     a, b = get_shape(inputs[1]), get_shape(inputs[2])
     return prod(a) * b[-1]
@@ -121,7 +122,8 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> Tuple[int, Dict[str, int]]:
     analyzer = FlopAnalyzer(model, (x,))
     # (a None handle does not drop an op that has a default handle in mmengine 0.10.7)
     analyzer.set_op_handle(**{'aten::scaled_dot_product_attention': _sdpa_macs,
-                              'aten::baddbmm': _baddbmm_macs},
+                              'aten::baddbmm': _accumulating_mm_macs,
+                              'aten::addmm_': _accumulating_mm_macs},
                            **{op: _zero for op in NOT_COUNTED})
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)

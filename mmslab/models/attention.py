@@ -7,10 +7,14 @@
 * :class:`SpatialReductionAttention`: PVT v1's softmax attention with a strided ``sr``
   conv and a PRepBN on the reduced keys (the PVT-PRepBN variant).
 
-The window attentions split ``project`` (the per-token qkv Linear) from ``attend`` (the
+The window attentions split ``project`` (the per-token qkv Linear) from ``mix`` (the
 mixing of tokens), so that a Swin block can project before it pads and partitions: the
 padded tokens then get exactly the value a zero normalised token gets, ``pad_qkv()``,
 which stays true after the norm is folded into the projection (re-parameterization).
+``mix`` / ``mix_tokens`` stop before the output projection ``proj``: the blocks apply it
+after un-partitioning (so it never runs on padded tokens) and fuse it with the residual
+add (``embed.linear_residual``); ``forward`` of SLA and of the spatial-reduction
+attention is the complete attention of a token map.
 """
 from typing import Optional, Tuple
 
@@ -100,8 +104,14 @@ class SimplifiedLinearAttention(nn.Module):
                                   kv.out_features)])
         return F.linear(x, torch.cat([q.weight, kv.weight]), bias)
 
-    def attend(self, qkv: torch.Tensor, hw: HW) -> torch.Tensor:
-        """Attention over projected tokens ``(B, H*W, 3C)`` of an ``H x W`` grid.
+    def mix_tokens(self, x: torch.Tensor, hw: HW) -> torch.Tensor:
+        """Normalised tokens ``(B, H*W, C)`` -> attention output before ``proj``."""
+        return self.mix(self.project(x), hw)
+
+    def mix(self, qkv: torch.Tensor, hw: HW) -> torch.Tensor:
+        """Attention over projected tokens ``(B, H*W, 3C)`` without the output projection
+        (the blocks fuse ``proj`` with their residual add, see ``linear_residual``).
+        Without autograd, q and k are activated in place in ``qkv`` (which is consumed).
 
         Layout: q, k, v stay token-major ``(B, N, C)``; each head's matmuls run on strided
         ``(B, N, d)`` column slices (BLAS takes them as they are, no head-major copies). The
@@ -121,8 +131,11 @@ class SimplifiedLinearAttention(nn.Module):
             qkv = qkv.to(dtype)
             v = qkv[..., 2 * c:]
             out = self._dwc(v, hw)                                        # (B, N, C)
-            q = F.relu(qkv[..., :c])
-            k = torch.add(qkv[..., c:2 * c], pos.to(dtype)).relu_()
+            q, k = qkv[..., :c], qkv[..., c:2 * c]
+            if torch.is_grad_enabled() and qkv.requires_grad:
+                q, k = F.relu(q), torch.add(k, pos.to(dtype)).relu_()
+            else:  # inference: in qkv's own buffer, no new (B, N, C) tensors
+                q, k = q.relu_(), k.add_(pos.to(dtype)).relu_()
             ksum = k.sum(dim=1).unsqueeze(-1)                             # (B, C, 1)
             for i in range(0, c, d):
                 qh, kh, vh = q[..., i:i + d], k[..., i:i + d], v[..., i:i + d]  # (B, N, d)
@@ -132,7 +145,7 @@ class SimplifiedLinearAttention(nn.Module):
                 else:
                     num, den = (qh @ kh.transpose(1, 2)) @ vh, qh @ ksum[:, i:i + d]
                 out[..., i:i + d].addcdiv_(num, den + 1e-6)
-        return self.proj_drop(self.proj(out.to(in_dtype)))
+        return out.to(in_dtype)
 
     def _dwc(self, v: torch.Tensor, hw: HW) -> torch.Tensor:
         """The shared depthwise conv of every head's v: ``(B, N, C)`` (any row stride) ->
@@ -156,13 +169,13 @@ class SimplifiedLinearAttention(nn.Module):
         return torch.cat([self.q.bias, self.kv.bias])
 
     def forward(self, x: torch.Tensor, hw: HW) -> torch.Tensor:
-        return self.attend(self.project(x), hw)
+        return self.proj_drop(self.proj(self.mix_tokens(x, hw)))
 
 
 class WindowAttention(nn.Module):
     """Swin window softmax attention with relative position bias.
 
-    ``attend`` takes projected windows ``(B*nW, ws*ws, 3C)`` and an optional additive
+    ``mix`` takes projected windows ``(B*nW, ws*ws, 3C)`` and an optional additive
     shift mask ``(nW, ws*ws, ws*ws)`` (0 / -100 as in Swin).
     """
 
@@ -198,7 +211,8 @@ class WindowAttention(nn.Module):
     def pad_qkv(self) -> Optional[torch.Tensor]:
         return self.qkv.bias
 
-    def attend(self, qkv: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def mix(self, qkv: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attention over projected windows ``(B*nW, ws*ws, 3C)``, before ``proj``."""
         bw, n, _ = qkv.shape
         heads, d = self.num_heads, self.embed_dims // self.num_heads
         q, k, v = qkv.view(bw, n, 3, heads, d).permute(2, 0, 3, 1, 4)        # (B*nW, h, N, d)
@@ -218,8 +232,7 @@ class WindowAttention(nn.Module):
             # the softmax itself)
             attn = (q * d ** -0.5) @ k.transpose(-2, -1)
             out = attn.add_(attn_mask).softmax(dim=-1) @ v
-        out = out.reshape(bw, heads, n, d).transpose(1, 2).reshape(bw, n, self.embed_dims)
-        return self.proj_drop(self.proj(out))
+        return out.reshape(bw, heads, n, d).transpose(1, 2).reshape(bw, n, self.embed_dims)
 
 
 class SpatialReductionAttention(nn.Module):
@@ -250,6 +263,10 @@ class SpatialReductionAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, hw: HW) -> torch.Tensor:
+        return self.proj_drop(self.proj(self.mix_tokens(x, hw)))
+
+    def mix_tokens(self, x: torch.Tensor, hw: HW) -> torch.Tensor:
+        """Normalised tokens ``(B, H*W, C)`` -> attention output before ``proj``."""
         b, n, c = x.shape
         heads, d = self.num_heads, c // self.num_heads
         q = self.q(x).view(b, n, heads, d).transpose(1, 2)
@@ -259,7 +276,7 @@ class SpatialReductionAttention(nn.Module):
         k, v = self.kv(x).view(b, -1, 2, heads, d).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_drop if self.training else 0.)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
+        return out.transpose(1, 2).reshape(b, n, c)
 
     def switch_to_deploy(self) -> None:
         """Fold the reduced keys' PRepBN into ``kv``."""

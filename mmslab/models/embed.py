@@ -57,6 +57,25 @@ def add_residual(x: torch.Tensor, y: torch.Tensor, drop_path: nn.Module) -> torc
     return y.add_(x) if _no_autograd(y) and y.shape == x.shape else x + y
 
 
+def linear_residual(x: torch.Tensor, y: torch.Tensor, linear: nn.Linear, drop: nn.Module,
+                    drop_path: nn.Module) -> torch.Tensor:
+    """``x + drop_path(drop(linear(y)))``.
+
+    Inference (no autograd, dropouts inactive): ``x + bias`` is written to the output
+    first and the GEMM accumulates into it (BLAS ``beta = 1``), so the residual add costs
+    no extra pass over the tokens.
+    """
+    active = lambda m: m.training and not isinstance(m, nn.Identity)  # noqa: E731
+    if (torch.is_grad_enabled() or active(drop) or active(drop_path) or linear.bias is None
+            or y.shape[:-1] != x.shape[:-1] or x.shape[-1] != linear.out_features
+            or not x.dtype == y.dtype == linear.weight.dtype
+            or torch.is_autocast_enabled(x.device.type)):
+        return add_residual(x, drop(linear(y)), drop_path)
+    out = torch.add(x, linear.bias.to(x.dtype))
+    out.view(-1, out.shape[-1]).addmm_(y.reshape(-1, y.shape[-1]), linear.weight.t())
+    return out
+
+
 def mlp_forward(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``mlp(x)`` for timm's ``Mlp`` (fc1 -> GELU -> fc2); without autograd and in eval the
     GELU runs in place on fc1's output (saves a full-width temporary)."""
@@ -81,7 +100,8 @@ def mlp_residual(x: torch.Tensor, norm: nn.Module, mlp: nn.Module,
     hidden elements each), so the norm output and the ``mlp_ratio``-times wider hidden
     layer are recycled temporaries instead of fresh full-size tensors (on CPU every fresh
     large tensor is page-faulted in); fc2 writes into the output, the residual is added
-    there. Chunks keep thousands of rows, so the GEMMs stay at full speed.
+    there (``x + bias`` first, the fc2 GEMM accumulates into it). Chunks keep thousands of
+    rows, so the GEMMs stay at full speed.
     """
     fc1, fc2 = mlp.fc1, mlp.fc2
     active = lambda m: m.training and not isinstance(m, nn.Identity)  # noqa: E731
@@ -100,6 +120,6 @@ def mlp_residual(x: torch.Tensor, norm: nn.Module, mlp: nn.Module,
     for i in range(0, x2.shape[0], rows):
         xi, oi = x2[i:i + rows], out[i:i + rows]
         h = fc1(xi if scale_shift is None else torch.addcmul(scale_shift[1], xi, scale_shift[0]))
-        torch.addmm(fc2.bias, mlp.norm(torch.ops.aten.gelu_(h)), w2, out=oi)
-        oi.add_(xi)
+        torch.add(xi, fc2.bias, out=oi)  # residual + bias, then the GEMM accumulates
+        oi.addmm_(mlp.norm(torch.ops.aten.gelu_(h)), w2)
     return out.view_as(x)

@@ -17,7 +17,7 @@ from timm.layers import DropPath, Mlp
 from .attention import SimplifiedLinearAttention, SpatialReductionAttention, resize_pos_embed
 from .backbone_utils import SLABBackbone, check_out_indices, resolve_arch
 from .checkpoint import convert_slab_pvt
-from .embed import PatchEmbed, add_residual, mlp_residual
+from .embed import PatchEmbed, linear_residual, mlp_residual
 from .norms import PRepBN, fold_affine_into_conv_input, fold_affine_into_linear
 
 HW = Tuple[int, int]
@@ -53,7 +53,9 @@ class SLABPVTBlock(nn.Module):
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop=drop)
 
     def forward(self, x: torch.Tensor, hw: HW) -> torch.Tensor:
-        x = add_residual(x, self.attn(self.norm1(x), hw), self.drop_path)
+        attn = self.attn
+        x = linear_residual(x, attn.mix_tokens(self.norm1(x), hw), attn.proj, attn.proj_drop,
+                            self.drop_path)
         return mlp_residual(x, self.norm2, self.mlp, self.drop_path)
 
     def switch_to_deploy(self) -> None:

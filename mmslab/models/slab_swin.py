@@ -17,7 +17,7 @@ from timm.layers import DropPath, Mlp
 from .attention import SimplifiedLinearAttention, WindowAttention
 from .backbone_utils import SLABBackbone, check_out_indices, resolve_arch
 from .checkpoint import convert_slab_swin
-from .embed import PatchEmbed, add_residual, mlp_residual
+from .embed import PatchEmbed, linear_residual, mlp_residual
 from .norms import PRepBN, fold_affine_into_linear
 
 HW = Tuple[int, int]
@@ -85,7 +85,7 @@ def _batched(index: torch.Tensor, b: int, n: int) -> torch.Tensor:
 
 class SLABSwinBlock(nn.Module):
     """norm1 -> qkv -> pad to whole windows -> shift -> window attention -> un-shift ->
-    crop -> residual; norm2 -> MLP -> residual.
+    crop -> proj -> residual; norm2 -> MLP -> residual.
 
     The qkv projection runs before padding; padded tokens take ``attn.pad_qkv()`` (what a
     zero normalised token projects to), which the deploy fold preserves as ``qkv_pad``.
@@ -134,11 +134,13 @@ class SLABSwinBlock(nn.Module):
             windows[_batched(pad_pos, b, gather.numel())] = 0 if pad is None else pad.to(qkv.dtype)
         windows = windows.view(-1, ws * ws, 3 * c)
         if self.attn_type == 'L':
-            out = self.attn.attend(windows, (ws, ws))
+            out = self.attn.mix(windows, (ws, ws))
         else:
-            out = self.attn.attend(windows, mask if s else None)
+            out = self.attn.mix(windows, mask if s else None)
+        # un-partition, roll back, crop; then proj on the real tokens only, + residual
         out = out.reshape(-1, c).index_select(0, _batched(inverse, b, gather.numel()))
-        x = add_residual(x, out.view(b, n, c), self.drop_path)
+        x = linear_residual(x, out.view(b, n, c), self.attn.proj, self.attn.proj_drop,
+                            self.drop_path)
         return mlp_residual(x, self.norm2, self.mlp, self.drop_path)
 
     def switch_to_deploy(self) -> None:
