@@ -20,14 +20,12 @@
 # * RoI sampling: 128 anchors (RPN) and 128 proposals (R-CNN) per image, 300 proposals,
 #   RoIAlign with 2x2 samples per bin (sampling_ratio=2; mmcv's CPU RoIAlign with the
 #   adaptive default was a third of the iteration time);
-# * schedule: AdamW lr 1e-3 (wd 0.05), 100-iteration warmup then cosine decay over 6
+# * schedule: AdamW lr 1e-3 (wd 0.05), 100-iteration warmup then cosine decay over 4
 #   epochs of 100 iterations, gradient clipping at 10; pretrained weights: none
 #   (from scratch, drop path 0).
 #
-# Measured (tools/run_demo.sh, 2 CPU cores): see README "CPU demo". In a longer run
-# (8 epochs) box AP was 0.003 / 0.40 / 0.74 / 0.80 after 200 / 400 / 600 / 800
-# iterations: transformer + detector from scratch need a few hundred iterations before
-# the boxes come, then improve fast on this easy data.
+# Measured (tools/run_demo.sh on an idle 2-core machine): box AP 0.707, mask AP 0.762
+# after 9 min of training (539 s). With max_epochs=6: 0.752 / 0.807 in 844 s.
 #
 #   python tools/make_demo_data.py
 #   mim train mmdet configs/demo/mask_rcnn_slab_pvt_demo.py --work-dir work_dirs/demo
@@ -112,7 +110,7 @@ val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
 
 # schedule: minutes on 2 CPU cores
-max_epochs = 6
+max_epochs = 4
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
