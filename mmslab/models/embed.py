@@ -57,6 +57,11 @@ def add_residual(x: torch.Tensor, y: torch.Tensor, drop_path: nn.Module) -> torc
     return y.add_(x) if _no_autograd(y) and y.shape == x.shape else x + y
 
 
+def _active(m: nn.Module) -> bool:
+    """A module that behaves differently in training (dropout, drop path, BatchNorm)."""
+    return m.training and not isinstance(m, nn.Identity)
+
+
 def linear_residual(x: torch.Tensor, y: torch.Tensor, linear: nn.Linear, drop: nn.Module,
                     drop_path: nn.Module) -> torch.Tensor:
     """``x + drop_path(drop(linear(y)))``.
@@ -65,8 +70,7 @@ def linear_residual(x: torch.Tensor, y: torch.Tensor, linear: nn.Linear, drop: n
     first and the GEMM accumulates into it (BLAS ``beta = 1``), so the residual add costs
     no extra pass over the tokens.
     """
-    active = lambda m: m.training and not isinstance(m, nn.Identity)  # noqa: E731
-    if (torch.is_grad_enabled() or active(drop) or active(drop_path) or linear.bias is None
+    if (torch.is_grad_enabled() or _active(drop) or _active(drop_path) or linear.bias is None
             or y.shape[:-1] != x.shape[:-1] or x.shape[-1] != linear.out_features
             or not x.dtype == y.dtype == linear.weight.dtype
             or torch.is_autocast_enabled(x.device.type)):
@@ -104,9 +108,8 @@ def mlp_residual(x: torch.Tensor, norm: nn.Module, mlp: nn.Module,
     rows, so the GEMMs stay at full speed.
     """
     fc1, fc2 = mlp.fc1, mlp.fc2
-    active = lambda m: m.training and not isinstance(m, nn.Identity)  # noqa: E731
-    if (x.dim() < 2 or torch.is_grad_enabled() or mlp.training or active(drop_path)
-            or active(norm) or not isinstance(norm, (nn.Identity, PRepBN))
+    if (x.dim() < 2 or torch.is_grad_enabled() or mlp.training or _active(drop_path)
+            or _active(norm) or not isinstance(norm, (nn.Identity, PRepBN))
             or type(getattr(mlp, 'act', None)) is not nn.GELU or mlp.act.approximate != 'none'
             or fc2.bias is None):
         return add_residual(x, mlp_forward(mlp, norm(x)), drop_path)
