@@ -70,7 +70,7 @@ class ToyModel(BaseModel):
                 targets: Optional[torch.Tensor] = None,
                 mode: str = 'tensor') -> Union[torch.Tensor, dict, list]:
         if self.training:
-            self.lams.append(tuple(m.lam for m in self.modules() if isinstance(m, PRepBN)))
+            self.lams.append(tuple(float(m.lam) for m in self.modules() if isinstance(m, PRepBN)))
         out = self.head(self.norm1(self.features(inputs))).squeeze(-1)
         if mode == 'loss':
             return dict(loss=F.mse_loss(out, targets))

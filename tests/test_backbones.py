@@ -120,7 +120,7 @@ def test_with_cp_same_outputs_and_grads(cls, kw):
 
 
 # ---------------------------------------------------------------- layers
-def test_prepbn_mixes_ln_and_repbn_in_training_only():
+def test_prepbn_mixes_ln_and_repbn_in_training_and_eval():
     torch.manual_seed(0)
     norm = PRepBN(8).train()
     x = torch.randn(4, 10, 8)
@@ -130,12 +130,43 @@ def test_prepbn_mixes_ln_and_repbn_in_training_only():
     torch.testing.assert_close(norm(x), 0.25 * ln + 0.75 * (bn + x))
     norm.lam = 1.0
     torch.testing.assert_close(norm(x), ln)
-    norm.eval()
+    norm.eval()  # eval = training's function, with RepBN's running statistics
     bn_eval = nn.functional.batch_norm(x.transpose(1, 2), norm.norm2.bn.running_mean,
                                        norm.norm2.bn.running_var, eps=1e-5).transpose(1, 2)
+    torch.testing.assert_close(norm(x), ln)
+    norm.lam = 0.25
+    torch.testing.assert_close(norm(x), 0.25 * ln + 0.75 * (bn_eval + x))
+    norm.lam = 0
+    assert torch.equal(norm(x), norm.norm2(x))  # exactly RepBN when converged
     torch.testing.assert_close(norm(x), bn_eval + x)
     with pytest.raises(ValueError, match=r'PRepBN\(8\) got a tensor of shape'):
         norm(torch.randn(2, 3, 5))
+    with pytest.raises(ValueError, match=r'lam must be in \[0, 1\], got 1.5'):
+        norm.lam = 1.5
+
+
+def test_prepbn_lam_travels_with_the_weights(tmp_path):
+    model = build(SLABPVT, **PVT_MINI)
+    mmslab.models.set_prepbn_lam(model, 0.3)
+    sd = model.state_dict()
+    assert sd['stages.0.blocks.0.norm1.lam'].item() == pytest.approx(0.3)
+    torch.save({'state_dict': sd}, tmp_path / 'mid.pth')
+    fresh = SLABPVT(**PVT_MINI)
+    from mmengine.runner import load_checkpoint
+    load_checkpoint(fresh, str(tmp_path / 'mid.pth'), strict=True)
+    lams = {float(m.lam) for m in fresh.modules() if isinstance(m, PRepBN)}
+    assert len(lams) == 1 and lams.pop() == pytest.approx(0.3)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model.eval()(x), fresh.eval()(x)):
+            assert torch.equal(a, b)
+    # files without lam (the release's, older mmslab ones) hold converged models: lam = 0
+    old = {k: v for k, v in sd.items() if not k.endswith('.lam')}
+    fresh.load_state_dict(old)
+    assert {float(m.lam) for m in fresh.modules() if isinstance(m, PRepBN)} == {0.0}
+    # a mid-schedule model cannot be folded
+    with pytest.raises(ValueError, match='cannot fold a PRepBN with lam=0.3'):
+        model.switch_to_deploy()
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])

@@ -7,14 +7,16 @@
 * :class:`SpatialReductionAttention`: PVT v1's softmax attention with a strided ``sr``
   conv and a PRepBN on the reduced keys (the PVT-PRepBN variant).
 
+Each is written once, in the reference form that is right on every device and dtype, with
+and without autograd and under autocast, and that traces / compiles with dynamic shapes:
+heads are batched as ``(B, heads, N, head_dim)`` tensors. (The CPU inference path of
+:mod:`.cpu_inference` is a second, measured form of the same math for one explicit case.)
+
 The window attentions split ``project`` (the per-token qkv Linear) from ``mix`` (the
-mixing of tokens), so that a Swin block can project before it pads and partitions: the
-padded tokens then get exactly the value a zero normalised token gets, ``pad_qkv()``,
-which stays true after the norm is folded into the projection (re-parameterization).
-``mix`` / ``mix_tokens`` stop before the output projection ``proj``: the blocks apply it
-after un-partitioning (so it never runs on padded tokens) and fuse it with the residual
-add (``embed.linear_residual``); ``forward`` of SLA and of the spatial-reduction
-attention is the complete attention of a token map.
+mixing of tokens, before the output projection ``proj``), so that a Swin block can project
+before it pads and partitions: the padded tokens then get exactly the value a zero
+normalised token gets, ``pad_qkv()``, which stays true after the norm is folded into the
+projection (re-parameterization), and ``proj`` runs on the real tokens only.
 """
 from typing import Optional, Tuple
 
@@ -22,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..validation import check_bool, check_choice, check_float, check_int, check_size_2d
 from .norms import PRepBN, fold_affine_into_linear
 
 HW = Tuple[int, int]
@@ -30,8 +33,8 @@ HW = Tuple[int, int]
 def resize_pos_embed(pos: torch.Tensor, src_hw: HW, dst_hw: HW) -> torch.Tensor:
     """Resize a ``(1, H*W, C)`` position table from grid ``src_hw`` to ``dst_hw``
     (bilinear over the 2-D grid, align_corners=False, as mmdet's PVT does)."""
-    if tuple(src_hw) == tuple(dst_hw):
-        return pos
+    if tuple(src_hw) == tuple(dst_hw) and not torch.jit.is_tracing():
+        return pos  # (a traced graph keeps the resize: it must hold for every input size)
     if pos.shape[1] != src_hw[0] * src_hw[1]:
         raise ValueError(f'position table of {pos.shape[1]} entries does not match its '
                          f'grid {src_hw[0]}x{src_hw[1]}')
@@ -70,10 +73,20 @@ class SimplifiedLinearAttention(nn.Module):
                  proj_drop: float = 0.,
                  kernel_size: int = 5) -> None:
         super().__init__()
+        name = 'SimplifiedLinearAttention'
+        check_int(name, 'embed_dims', embed_dims, min=1)
+        check_int(name, 'num_heads', num_heads, min=1)
         if embed_dims % num_heads:
-            raise ValueError(f'embed_dims {embed_dims} is not divisible by num_heads {num_heads}')
-        if qkv_layout not in ('qkv', 'q_kv'):
-            raise ValueError(f"qkv_layout must be 'qkv' or 'q_kv', got {qkv_layout!r}")
+            raise ValueError(f'{name}: embed_dims {embed_dims} is not divisible by num_heads '
+                             f'{num_heads}')
+        pos_grid = check_size_2d(name, 'pos_grid', pos_grid, min=1)
+        check_choice(name, 'qkv_layout', qkv_layout, ('qkv', 'q_kv'))
+        check_bool(name, 'qkv_bias', qkv_bias)
+        check_float(name, 'proj_drop', proj_drop, min=0, max=1)
+        check_int(name, 'kernel_size', kernel_size, min=1)
+        if kernel_size % 2 == 0:
+            raise ValueError(f'{name}: kernel_size must be odd (the depthwise conv on v pads '
+                             f'kernel_size // 2 and must keep the token grid), got {kernel_size}')
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.head_dims = embed_dims // num_heads
@@ -109,56 +122,35 @@ class SimplifiedLinearAttention(nn.Module):
         return self.mix(self.project(x), hw)
 
     def mix(self, qkv: torch.Tensor, hw: HW) -> torch.Tensor:
-        """Attention over projected tokens ``(B, H*W, 3C)`` without the output projection
-        (the blocks fuse ``proj`` with their residual add, see ``linear_residual``).
-        Without autograd, q and k are activated in place in ``qkv`` (which is consumed).
+        """Attention over projected tokens ``(B, H*W, 3C)``, before the output projection.
 
-        Layout: q, k, v stay token-major ``(B, N, C)``; each head's matmuls run on strided
-        ``(B, N, d)`` column slices (BLAS takes them as they are, no head-major copies). The
-        depthwise conv runs channels-last over all heads at once (its ``d`` filters
-        repeated per head) and writes the ``(B, N, C)`` result the attention is added into,
-        so the output reaches ``proj`` without a transpose. The normaliser comes from the
-        numerator's matmul: ``q @ [k^T v | k^T 1]``.
+        ``out = q (k^T v) / (q . sum_j k_j + 1e-6) + DWC(v)`` per head, computed in at
+        least float32 with autocast off (as the release); the result has ``qkv``'s dtype.
         """
         b, n, _ = qkv.shape
-        h, w = hw
-        if n != h * w:
-            raise ValueError(f'{n} tokens do not form a {h}x{w} grid')
-        c, d = self.embed_dims, self.head_dims
+        if n != hw[0] * hw[1] and not torch.jit.is_tracing():
+            raise ValueError(f'{n} tokens do not form a {hw[0]}x{hw[1]} grid')
+        heads, d = self.num_heads, self.head_dims
         pos = resize_pos_embed(self.positional_encoding, self.pos_grid, hw)
         in_dtype, dtype = qkv.dtype, _core_dtype(qkv.dtype)
         with torch.autocast(device_type=qkv.device.type, enabled=False):
-            qkv = qkv.to(dtype)
-            v = qkv[..., 2 * c:]
-            out = self._dwc(v, hw)                                        # (B, N, C)
-            q, k = qkv[..., :c], qkv[..., c:2 * c]
-            if torch.is_grad_enabled() and qkv.requires_grad:
-                q, k = F.relu(q), torch.add(k, pos.to(dtype)).relu_()
-            else:  # inference: in qkv's own buffer, no new (B, N, C) tensors
-                q, k = q.relu_(), k.add_(pos.to(dtype)).relu_()
-            ksum = k.sum(dim=1).unsqueeze(-1)                             # (B, C, 1)
-            for i in range(0, c, d):
-                qh, kh, vh = q[..., i:i + d], k[..., i:i + d], v[..., i:i + d]  # (B, N, d)
-                if n > d:  # q (k^T v) is the cheaper order
-                    num_den = qh @ torch.cat([kh.transpose(1, 2) @ vh, ksum[:, i:i + d]], -1)
-                    num, den = num_den[..., :d], num_den[..., d:]
-                else:
-                    num, den = (qh @ kh.transpose(1, 2)) @ vh, qh @ ksum[:, i:i + d]
-                out[..., i:i + d].addcdiv_(num, den + 1e-6)
+            q, k, v = qkv.to(dtype).reshape(b, n, 3, heads, d).permute(2, 0, 3, 1, 4)
+            q = F.relu(q)                                                   # (B, h, N, d)
+            k = F.relu(k + pos.to(dtype).reshape(1, n, heads, d).transpose(1, 2))
+            num = q @ (k.transpose(-2, -1) @ v)                             # q (k^T v)
+            den = q @ k.sum(dim=2, keepdim=True).transpose(-2, -1)          # (B, h, N, 1)
+            out = num / (den + 1e-6) + self._dwc(v, hw)
+            out = out.transpose(1, 2).reshape(b, n, heads * d)
         return out.to(in_dtype)
 
     def _dwc(self, v: torch.Tensor, hw: HW) -> torch.Tensor:
-        """The shared depthwise conv of every head's v: ``(B, N, C)`` (any row stride) ->
-        a new contiguous ``(B, N, C)``; channels-last, one grouped conv for all heads."""
-        b, n, c = v.shape
-        heads = self.num_heads
-        vmap = v.reshape(b, hw[0], hw[1], c).permute(0, 3, 1, 2)
-        vmap = vmap.contiguous(memory_format=torch.channels_last)
-        weight, bias = self.dwc.weight.to(v.dtype), self.dwc.bias.to(v.dtype)
-        if heads > 1:
-            weight, bias = weight.repeat(heads, 1, 1, 1), bias.repeat(heads)
-        out = F.conv2d(vmap, weight, bias, padding=self.dwc.padding, groups=c)
-        return out.permute(0, 2, 3, 1).reshape(b, n, c)
+        """The depthwise conv shared by all heads: ``(B, h, N, d)`` -> ``(B, h, N, d)``
+        (heads folded into the batch: one grouped conv)."""
+        b, heads, n, d = v.shape
+        vmap = v.transpose(-2, -1).reshape(b * heads, d, hw[0], hw[1])
+        out = F.conv2d(vmap, self.dwc.weight.to(v.dtype), self.dwc.bias.to(v.dtype),
+                       padding=self.dwc.padding, groups=d)
+        return out.reshape(b, heads, d, n).transpose(-2, -1)
 
     def pad_qkv(self) -> Optional[torch.Tensor]:
         """The projection of a zero (normalised) token: the value of padded tokens."""
@@ -211,27 +203,26 @@ class WindowAttention(nn.Module):
     def pad_qkv(self) -> Optional[torch.Tensor]:
         return self.qkv.bias
 
+    def relative_position_bias(self) -> torch.Tensor:
+        """The ``(heads, ws*ws, ws*ws)`` additive bias of every window."""
+        n = self.window_size ** 2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(n, n, self.num_heads).permute(2, 0, 1)
+
     def mix(self, qkv: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attention over projected windows ``(B*nW, ws*ws, 3C)``, before ``proj``."""
         bw, n, _ = qkv.shape
         heads, d = self.num_heads, self.embed_dims // self.num_heads
-        q, k, v = qkv.view(bw, n, 3, heads, d).permute(2, 0, 3, 1, 4)        # (B*nW, h, N, d)
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(n, n, heads).permute(2, 0, 1).to(qkv.dtype)          # (h, N, N)
+        q, k, v = qkv.reshape(bw, n, 3, heads, d).permute(2, 0, 3, 1, 4)     # (B*nW, h, N, d)
+        bias = self.relative_position_bias().to(qkv.dtype)                    # (h, N, N)
         if mask is not None:
             nw = mask.shape[0]
             attn_mask = bias.unsqueeze(0) + mask.unsqueeze(1).to(qkv.dtype)   # (nW, h, N, N)
             q, k, v = (t.view(bw // nw, nw, heads, n, d) for t in (q, k, v))
         else:
             attn_mask = bias
-        if torch.is_grad_enabled() or (self.training and self.attn_drop > 0):
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.)
-        else:  # inference: plain softmax(q k^T / sqrt(d) + bias) v, in place where possible
-            # (SDPA's CPU math path adds an all-masked-row check that costs as much as
-            # the softmax itself)
-            attn = (q * d ** -0.5) @ k.transpose(-2, -1)
-            out = attn.add_(attn_mask).softmax(dim=-1) @ v
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.)
         return out.reshape(bw, heads, n, d).transpose(1, 2).reshape(bw, n, self.embed_dims)
 
 

@@ -1,7 +1,7 @@
 """Small pieces both SLAB backbones share: arch presets, argument checks, weight init and
 the ``init_cfg=dict(type='Pretrained', ...)`` path."""
 import math
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -10,7 +10,8 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import constant_init, normal_init, trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoint import load_pretrained
+from ..validation import check_int_seq
+from .checkpoint import check_state_dict_form, load_pretrained
 from .norms import RepBN
 
 
@@ -19,11 +20,12 @@ def resolve_arch(name: str, zoo: Dict[str, Dict[str, Any]], arch: Union[str, dic
     """Preset ``arch`` (a name in ``zoo`` or a dict) with the non-None ``overrides``."""
     if isinstance(arch, dict):
         cfg = dict(arch)
-    elif arch in zoo:
+    elif isinstance(arch, str) and arch in zoo:
         cfg = dict(zoo[arch])
     else:
-        raise ValueError(f'{name}: unknown arch {arch!r}; choose one of {sorted(zoo)} or give '
-                         f'a dict of the settings')
+        error = ValueError if isinstance(arch, str) else TypeError
+        raise error(f'{name}: unknown arch {arch!r}; choose one of {sorted(zoo)} or give '
+                    f'a dict of the settings')
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     missing = [k for k in overrides if cfg.get(k) is None]
     if missing:
@@ -33,12 +35,13 @@ def resolve_arch(name: str, zoo: Dict[str, Dict[str, Any]], arch: Union[str, dic
 
 def check_out_indices(out_indices: Union[int, Sequence[int]], num_stages: int,
                       name: str) -> Tuple[int, ...]:
-    if isinstance(out_indices, int):
-        out_indices = (out_indices,)
-    out = tuple(sorted(i % num_stages if -num_stages <= i < 0 else i for i in out_indices))
-    if not out or any(not 0 <= i < num_stages for i in out) or len(set(out)) != len(out):
-        raise ValueError(f'{name}: out_indices={tuple(out_indices)} must be distinct stage '
-                         f'indices in [0, {num_stages - 1}]')
+    """Distinct stage indices (an int or a sequence of ints; negative ones count from the
+    end), sorted."""
+    values = check_int_seq(name, 'out_indices', out_indices, scalar=True, min_length=1)
+    out = tuple(sorted(i % num_stages if -num_stages <= i < 0 else i for i in values))
+    if any(not 0 <= i < num_stages for i in out) or len(set(out)) != len(out):
+        raise ValueError(f'{name}: out_indices={tuple(values)} must be distinct stage '
+                         f'indices in [0, {num_stages - 1}] (or negative, from the end)')
     return out
 
 
@@ -75,17 +78,44 @@ class SLABBackbone(BaseModule):
     optional_keys: Tuple[str, ...] = ()
     convert_checkpoint: Any = None
 
+    def __init__(self, init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self._pretrained_cfg()  # a bad init_cfg fails now, not at init_weights()
+        # Folded and trained-form weights never mix, under every loading route:
+        # load_state_dict (strict or not, inside a detector too), mmengine's
+        # load_checkpoint / Runner load_from / resume, and init_cfg.
+        self.register_load_state_dict_pre_hook(_refuse_other_form)
+
     def frozen_modules(self) -> List[nn.Module]:
         """The modules ``frozen_stages`` freezes (none here)."""
         return []
 
-    def check_input(self, x: torch.Tensor, min_size: int = 1) -> None:
+    def check_input(self, x: torch.Tensor, weight_dtype: torch.dtype, min_size: int = 1) -> None:
+        """Shape and dtype of the images (cheap: Python on sizes only; skipped while
+        tracing, where the sizes are symbolic)."""
+        if torch.jit.is_tracing():
+            return
+        name = type(self).__name__
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'{type(self).__name__} expects images (B, {self.in_channels}, H, W),'
-                             f' got a tensor of shape {tuple(x.shape)}')
+            raise ValueError(f'{name} expects images (B, {self.in_channels}, H, W), got a '
+                             f'tensor of shape {tuple(x.shape)}')
         if min(x.shape[2:]) < min_size:
-            raise ValueError(f'{type(self).__name__} needs images of at least '
-                             f'{min_size}x{min_size} pixels, got {tuple(x.shape[2:])}')
+            raise ValueError(f'{name} needs images of at least {min_size}x{min_size} pixels, '
+                             f'got {tuple(x.shape[2:])}')
+        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(
+                f'{name} got a {x.dtype} input but its weights are {weight_dtype}: cast the '
+                f'input (x.to({weight_dtype})), convert the model (model.to({x.dtype})) or '
+                'run under torch.autocast')
+
+    def empty_outputs(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """The (empty) feature maps of an empty batch ``x``."""
+        return tuple(x.new_zeros(0, c, h, w)
+                     for c, (h, w) in self.feature_shapes(x.shape[2], x.shape[3]))
+
+    def feature_shapes(self, h: int, w: int) -> List[Tuple[int, Tuple[int, int]]]:
+        """``(channels, (height, width))`` of every output map for a ``h x w`` image."""
+        raise NotImplementedError
 
     def init_weights(self) -> None:
         if not self.load_pretrained():
@@ -111,16 +141,52 @@ class SLABBackbone(BaseModule):
                 m.switch_to_deploy()
         self.deploy = True
 
-    def load_pretrained(self) -> bool:
+    def _pretrained_cfg(self) -> Optional[dict]:
+        """The ``Pretrained`` entry of ``init_cfg`` (checked), or None."""
+        name = type(self).__name__
         cfg = self.init_cfg
         if isinstance(cfg, list):
-            cfg = next((c for c in cfg if c.get('type') == 'Pretrained'), None)
-        if not cfg or cfg.get('type') != 'Pretrained':
+            cfg = next((c for c in cfg if isinstance(c, dict) and c.get('type') == 'Pretrained'),
+                       None)
+        if cfg is None:
+            return None
+        if not isinstance(cfg, dict):
+            raise TypeError(f'{name}: init_cfg must be a dict (or a list of dicts), got '
+                            f'{cfg!r} ({type(cfg).__name__})')
+        if cfg.get('type') != 'Pretrained':
+            return None
+        checkpoint = cfg.get('checkpoint')
+        if checkpoint is None:
+            raise ValueError(
+                f"{name}: init_cfg={dict(cfg)} has type 'Pretrained' but no checkpoint: "
+                "'checkpoint' must be the path or URL of a checkpoint file. To train from "
+                "scratch, set init_cfg=None.")
+        if not isinstance(checkpoint, str) or not checkpoint:
+            raise TypeError(f"{name}: init_cfg 'checkpoint' must be a path or URL (a non-empty "
+                            f"str), got {checkpoint!r} ({type(checkpoint).__name__})")
+        prefix = cfg.get('prefix')
+        if prefix is not None and not isinstance(prefix, str):
+            raise TypeError(f"{name}: init_cfg 'prefix' must be a str such as 'backbone.', "
+                            f"got {prefix!r} ({type(prefix).__name__})")
+        return cfg
+
+    def load_pretrained(self) -> bool:
+        """Load ``init_cfg``'s ``Pretrained`` checkpoint, if any (see
+        :func:`~mmslab.models.checkpoint.load_pretrained`); return whether one was loaded."""
+        cfg = self._pretrained_cfg()
+        if cfg is None:
             return False
-        if 'checkpoint' not in cfg:
-            raise ValueError(f"{type(self).__name__}: init_cfg of type 'Pretrained' needs "
-                             f"'checkpoint' (a path or URL), got {cfg}")
         load_pretrained(self, cfg['checkpoint'], self.convert_checkpoint,
                         prefix=cfg.get('prefix'), optional=self.optional_keys,
                         logger=MMLogger.get_current_instance())
         return True
+
+
+def _refuse_other_form(module: SLABBackbone, state_dict: Dict[str, Any], prefix: str,
+                       *args: Any) -> None:
+    """``load_state_dict`` pre-hook of every SLAB backbone: refuse a trained-form state
+    dict for a folded (``deploy=True``) backbone and a folded one for a trained-form one
+    (see :func:`~mmslab.models.checkpoint.check_state_dict_form`)."""
+    keys = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
+    check_state_dict_form(type(module).__name__, bool(getattr(module, 'deploy', False)), keys,
+                          source='the state dict being loaded', prefix=prefix)

@@ -1,24 +1,49 @@
 """RepBN and the progressive re-parameterized norm PRepBN (SLAB.md section 1).
 
 Both act on token tensors ``(B, N, C)``; BatchNorm statistics are taken over batch *and*
-tokens. ``PRepBN.lam`` is a plain attribute set from outside (``PRepBNHook``): the module
-never counts its forward calls.
+tokens. ``PRepBN.lam`` is set from outside (``PRepBNHook``): the module never counts its
+forward calls.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+
+from ..validation import check_float, check_int
+
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 class RepBN(nn.Module):
     """``BN(x) + alpha * x`` with a BatchNorm1d over the channel dim of ``(B, N, C)``."""
 
-    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+    def __init__(self, channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1) -> None:
         super().__init__()
+        check_int('RepBN', 'channels', channels, min=1)
+        check_float('RepBN', 'eps', eps, min=0, min_open=True)
+        if momentum is not None:  # None: BatchNorm's cumulative average
+            check_float('RepBN', 'momentum (or None)', momentum, min=0, max=1)
         self.alpha = nn.Parameter(torch.ones(1))
         self.bn = nn.BatchNorm1d(channels, eps=eps, momentum=momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Half / bfloat16 inputs (autocast, or a .half() model in eval): float32 math, as
+        # CUDA autocast runs layer_norm (it runs batch_norm in the input's dtype). The
+        # output carries the *unnormalised* input (alpha * x), and the eval form
+        # scale * x + shift multiplies x by gamma / std + alpha: in half precision that
+        # product and shift leave the fp16 range (or keep 8 bits in bf16) for channels of
+        # large mean and small spread although the result is representable.
+        if x.dtype in _HALF and (self.alpha.dtype == torch.float32 or not self.bn.training):
+            out_dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
+            with torch.autocast(x.device.type, enabled=False):
+                if self.bn.training:
+                    return self._forward(x.float()).to(out_dtype)
+                scale, shift = self.affine()
+                return torch.addcmul(shift.float(), x.float(), scale.float()).to(out_dtype)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bn.training:
             # (B*N, C) rows: the same statistics as BatchNorm1d on (B, C, N), no transposes.
             y = self.bn(x.reshape(-1, x.shape[-1])).view_as(x)
@@ -27,25 +52,36 @@ class RepBN(nn.Module):
         return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
 
     def affine(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The eval-mode map as ``y = scale * x + shift`` (per channel)."""
+        """The eval-mode map as ``y = scale * x + shift`` (per channel), in the parameters'
+        dtype, at least float32 (``shift`` of a half model may be beyond the fp16 range)."""
         bn = self.bn
-        inv_std = torch.rsqrt(bn.running_var + bn.eps)
-        gamma = bn.weight if bn.affine else torch.ones_like(inv_std)
-        beta = bn.bias if bn.affine else torch.zeros_like(inv_std)
-        scale = gamma * inv_std + self.alpha
-        shift = beta - gamma * bn.running_mean * inv_std
+        acc = torch.promote_types(bn.running_var.dtype, torch.float32)
+        inv_std = torch.rsqrt(bn.running_var.to(acc) + bn.eps)
+        gamma = bn.weight.to(acc) if bn.affine else torch.ones_like(inv_std)
+        beta = bn.bias.to(acc) if bn.affine else torch.zeros_like(inv_std)
+        scale = gamma * inv_std + self.alpha.to(acc)
+        shift = beta - gamma * bn.running_mean.to(acc) * inv_std
         return scale, shift
 
 
 class PRepBN(nn.Module):
     """Progressive re-parameterized BatchNorm ("LinearNorm" in the SLAB release).
 
-    Training: ``lam * LayerNorm(x) + (1 - lam) * RepBN(x)``; eval: ``RepBN(x)``.
-    ``lam = 1`` is pure LayerNorm, ``lam = 0`` (the default, a converged model) pure RepBN.
-    Both branches run in every training forward, as in the release: RepBN's running
-    statistics are tracked even while ``lam = 1``, and every parameter takes part in the
-    graph at any ``lam`` (DistributedDataParallel requires it: skipping the LayerNorm at
-    ``lam = 0`` would leave its parameters without gradients and stop DDP training).
+    ``lam * LayerNorm(x) + (1 - lam) * RepBN(x)``, in training *and* in eval mode (eval
+    uses RepBN's running statistics), so a model is evaluated as the network it was trained
+    as at any point of the schedule. ``lam = 1`` is pure LayerNorm; ``lam = 0`` (the
+    default, a converged model, what the release evaluates and what folds) is exactly
+    RepBN. Training runs both branches at any ``lam``, as the release: RepBN's running
+    statistics are tracked while ``lam = 1`` and every parameter takes part in the graph
+    (DistributedDataParallel requires it: skipping the LayerNorm at ``lam = 0`` would leave
+    its parameters without gradients). In eval mode a branch of weight 0 is skipped.
+
+    ``lam`` is a persistent buffer, so it travels with the weights (key ``<prefix>lam``); a
+    state dict without it (the release files, older mmslab checkpoints) loads as
+    ``lam = 0``. Set it with ``norm.lam = value`` (or :func:`set_prepbn_lam`; the
+    :class:`~mmslab.hooks.PRepBNHook` does it from the runner's iteration), never by
+    writing into the tensor: the module keeps a Python copy of the value so that choosing
+    the eval branches costs no device synchronisation.
 
     Sub-module names ``norm1`` (LayerNorm) and ``norm2`` (RepBN) follow the release.
     """
@@ -54,28 +90,70 @@ class PRepBN(nn.Module):
                  channels: int,
                  ln_eps: float = 1e-6,
                  bn_eps: float = 1e-5,
-                 momentum: float = 0.1) -> None:
+                 momentum: Optional[float] = 0.1) -> None:
         super().__init__()
+        check_int('PRepBN', 'channels', channels, min=1)
+        check_float('PRepBN', 'ln_eps', ln_eps, min=0, min_open=True)
+        check_float('PRepBN', 'bn_eps', bn_eps, min=0, min_open=True)
+        if momentum is not None:  # None: BatchNorm's cumulative average
+            check_float('PRepBN', 'momentum (or None)', momentum, min=0, max=1)
         self.channels = channels
         self.norm1 = nn.LayerNorm(channels, eps=ln_eps)
         self.norm2 = RepBN(channels, eps=bn_eps, momentum=momentum)
-        self.lam = 0.0
+        self.register_buffer('lam', torch.zeros((), dtype=torch.float64))  # exact: a double
+        self._lam = 0.0
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == 'lam' and not isinstance(value, torch.Tensor) and 'lam' in self._buffers:
+            lam = float(value)
+            if not 0.0 <= lam <= 1.0:
+                raise ValueError(f'PRepBN lam must be in [0, 1], got {value!r}')
+            self._buffers['lam'].fill_(lam)
+            object.__setattr__(self, '_lam', lam)
+            return
+        super().__setattr__(name, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.channels:
             raise ValueError(f'PRepBN({self.channels}) got a tensor of shape {tuple(x.shape)}: '
                              f'expected (..., {self.channels}) tokens')
+        if x.dtype in _HALF and self.norm1.weight.dtype == torch.float32:
+            # autocast / half activations of a float32 model: both branches in float32 (the
+            # LayerNorm as CUDA autocast runs it, RepBN as RepBN.forward explains), float32
+            # out under autocast like layer_norm
+            out_dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
+            with torch.autocast(x.device.type, enabled=False):
+                return self._mix(x.float()).to(out_dtype)
+        return self._mix(x)
+
+    def _mix(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            return self.norm2(x)
-        lam = float(self.lam)
+            if self._lam == 0.0:
+                return self.norm2(x)
+            if self._lam == 1.0:
+                return self.norm1(x)
+        lam = self.lam
         return lam * self.norm1(x) + (1.0 - lam) * self.norm2(x)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # files without lam (release checkpoints, older mmslab ones) hold converged models
+        state_dict.setdefault(prefix + 'lam', torch.zeros((), dtype=torch.float64))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        object.__setattr__(self, '_lam', float(self.lam))
+
     def affine(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The eval-mode (deploy) map ``y = scale * x + shift``."""
+        """The map of a converged (``lam = 0``) eval-mode PRepBN: ``y = scale * x + shift``.
+        Raises for ``lam != 0``: LayerNorm is not an affine map and cannot be folded."""
+        if self._lam != 0.0:
+            raise ValueError(
+                f'cannot fold a PRepBN with lam={self._lam:g}: only a converged PRepBN '
+                '(lam = 0, pure RepBN) is an affine map; this model still mixes in '
+                'LayerNorm. Train until the PRepBNHook schedule reaches lam = 0, or '
+                'fine-tune with lam = 0 (PRepBNHook r0=0.0) before folding.')
         return self.norm2.affine()
 
     def extra_repr(self) -> str:
-        return f'lam={float(self.lam):g}'
+        return f'lam={self._lam:g}'
 
 
 @torch.no_grad()
@@ -135,7 +213,7 @@ def set_prepbn_lam(model: nn.Module, lam: float) -> int:
     n = 0
     for m in model.modules():
         if isinstance(m, PRepBN):
-            m.lam = float(lam)
+            m.lam = lam
             n += 1
     return n
 

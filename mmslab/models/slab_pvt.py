@@ -14,10 +14,13 @@ import torch.utils.checkpoint as cp
 from mmengine.registry import MODELS
 from timm.layers import DropPath, Mlp
 
+from ..validation import (check_bool, check_float, check_float_seq, check_int, check_int_seq,
+                          check_size_2d, check_str_letters)
 from .attention import SimplifiedLinearAttention, SpatialReductionAttention, resize_pos_embed
 from .backbone_utils import SLABBackbone, check_out_indices, resolve_arch
+from . import cpu_inference
 from .checkpoint import convert_slab_pvt
-from .embed import PatchEmbed, linear_residual, mlp_residual
+from .embed import PatchEmbed
 from .norms import PRepBN, fold_affine_into_conv_input, fold_affine_into_linear
 
 HW = Tuple[int, int]
@@ -53,10 +56,10 @@ class SLABPVTBlock(nn.Module):
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop=drop)
 
     def forward(self, x: torch.Tensor, hw: HW) -> torch.Tensor:
-        attn = self.attn
-        x = linear_residual(x, attn.mix_tokens(self.norm1(x), hw), attn.proj, attn.proj_drop,
-                            self.drop_path)
-        return mlp_residual(x, self.norm2, self.mlp, self.drop_path)
+        if cpu_inference.applies(x, self):
+            return cpu_inference.pvt_block(self, x, hw)
+        x = x + self.drop_path(self.attn(self.norm1(x), hw))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def switch_to_deploy(self) -> None:
         if not isinstance(self.norm1, PRepBN):
@@ -162,26 +165,41 @@ class SLABPVT(SLABBackbone):
                  deploy: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        cfg = resolve_arch('SLABPVT', self.arch_zoo, arch, embed_dims=embed_dims,
+        name = 'SLABPVT'
+        cfg = resolve_arch(name, self.arch_zoo, arch, embed_dims=embed_dims,
                            num_heads=num_heads, mlp_ratios=mlp_ratios, depths=depths)
-        embed_dims, num_heads = list(cfg['embed_dims']), list(cfg['num_heads'])
-        mlp_ratios, depths = list(cfg['mlp_ratios']), list(cfg['depths'])
+        depths = list(check_int_seq(name, 'depths', cfg['depths'], min=1, min_length=1))
         num_stages = len(depths)
-        for name, value in (('embed_dims', embed_dims), ('num_heads', num_heads),
-                            ('mlp_ratios', mlp_ratios), ('attn_types', attn_types),
-                            ('sr_ratios', sr_ratios)):
-            if len(value) != num_stages:
-                raise ValueError(f'SLABPVT: {name}={value!r} has {len(value)} entries, '
-                                 f'depths={depths} has {num_stages} stages')
-        if set(attn_types) - {'L', 'S'}:
-            raise ValueError(f"SLABPVT: attn_types={attn_types!r}: one letter per stage, "
-                             f"'L' (SLA) or 'S' (spatial-reduction softmax attention)")
-        self.out_indices = check_out_indices(out_indices, num_stages, 'SLABPVT')
-        if not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f'SLABPVT: frozen_stages must be in [-1, {num_stages}], '
-                             f'got {frozen_stages}')
-        if isinstance(pretrain_img_size, int):
-            pretrain_img_size = (pretrain_img_size, pretrain_img_size)
+        per_stage = f'one per stage: depths={depths} has {num_stages} stages'
+        embed_dims = list(check_int_seq(name, 'embed_dims', cfg['embed_dims'], num_stages,
+                                        min=1, length_hint=per_stage))
+        num_heads = list(check_int_seq(name, 'num_heads', cfg['num_heads'], num_stages, min=1,
+                                       length_hint=per_stage))
+        mlp_ratios = list(check_float_seq(name, 'mlp_ratios', cfg['mlp_ratios'], num_stages,
+                                          min=0, min_open=True, length_hint=per_stage))
+        attn_types = check_str_letters(
+            name, 'attn_types', attn_types, 'LS', num_stages, length_hint=per_stage,
+            meaning="'L' (SLA) or 'S' (spatial-reduction softmax attention)")
+        sr_ratios = list(check_int_seq(name, 'sr_ratios', sr_ratios, num_stages, min=1,
+                                       length_hint=per_stage, scalar=True))
+        for i, (c, h, r) in enumerate(zip(embed_dims, num_heads, mlp_ratios)):
+            if c % h:
+                raise ValueError(f'{name}: embed_dims[{i}]={c} is not divisible by '
+                                 f'num_heads[{i}]={h}')
+            if int(c * r) < 1:
+                raise ValueError(f'{name}: mlp_ratios[{i}]={r:g} gives an MLP of '
+                                 f'int({c} * {r:g}) = 0 hidden channels; it must be >= {1 / c:g}')
+        self.out_indices = check_out_indices(out_indices, num_stages, name)
+        frozen_stages = check_int(name, 'frozen_stages', frozen_stages, min=-1, max=num_stages)
+        in_channels = check_int(name, 'in_channels', in_channels, min=1)
+        pretrain_img_size = check_size_2d(name, 'pretrain_img_size', pretrain_img_size,
+                                          min=4 * 2 ** (num_stages - 1))
+        for arg, rate in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
+                          ('drop_path_rate', drop_path_rate)):
+            check_float(name, arg, rate, min=0, max=1)
+        for arg, flag in (('qkv_bias', qkv_bias), ('norm_eval', norm_eval), ('with_cp', with_cp),
+                          ('deploy', deploy)):
+            check_bool(name, arg, flag)
         self.arch_settings = dict(embed_dims=embed_dims, num_heads=num_heads,
                                   mlp_ratios=mlp_ratios, depths=depths, attn_types=attn_types)
         self.in_channels = in_channels
@@ -203,7 +221,9 @@ class SLABPVT(SLABBackbone):
                 attn_drop_rate, with_cp, deploy))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        self.check_input(x, self.min_input_size)
+        self.check_input(x, self.stages[0].patch_embed.proj.weight.dtype, self.min_input_size)
+        if x.shape[0] == 0 and not torch.jit.is_tracing():
+            return self.empty_outputs(x)
         outs: List[torch.Tensor] = []
         for i, stage in enumerate(self.stages):
             x = stage(x)
@@ -212,6 +232,13 @@ class SLABPVT(SLABBackbone):
             if i >= max(self.out_indices):
                 break
         return tuple(outs)
+
+    def feature_shapes(self, h: int, w: int) -> List[Tuple[int, HW]]:
+        shapes = []
+        for i, c in enumerate(self.arch_settings['embed_dims']):
+            h, w = (h // 4, w // 4) if i == 0 else (h // 2, w // 2)  # strided convs floor
+            shapes.append((c, (h, w)))
+        return [shapes[i] for i in self.out_indices]
 
     def frozen_modules(self) -> List[nn.Module]:
         return list(self.stages[:max(self.frozen_stages, 0)])

@@ -4,20 +4,21 @@ Follows the release's detection backbone: window sizes ``[56, 28, 7, 7]``, odd b
 shifted by ``window // 2`` in every stage (the shift mask is ignored by SLA), zero padding
 to whole windows (no clamping to the map), per-output LayerNorms ``norm0..norm3``.
 """
-from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.registry import MODELS
 from timm.layers import DropPath, Mlp
 
+from ..validation import (check_bool, check_float, check_int, check_int_seq, check_size_2d,
+                          check_str_letters, is_int)
 from .attention import SimplifiedLinearAttention, WindowAttention
 from .backbone_utils import SLABBackbone, check_out_indices, resolve_arch
+from . import cpu_inference
 from .checkpoint import convert_slab_swin
-from .embed import PatchEmbed, linear_residual, mlp_residual
+from .embed import PatchEmbed, pad_to_multiple
 from .norms import PRepBN, fold_affine_into_linear
 
 HW = Tuple[int, int]
@@ -40,47 +41,16 @@ def window_reverse(x: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
 
 def shift_window_mask(hp: int, wp: int, ws: int, shift: int,
                       device: torch.device) -> torch.Tensor:
-    """Swin's shifted-window mask ``(nW, ws*ws, ws*ws)``: 0 within a region, -100 across."""
-    img = torch.zeros(1, hp, wp, 1, device=device)
-    cnt = 0
-    for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-        for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-            img[:, hs, wsl, :] = cnt
-            cnt += 1
-    win = window_partition(img, ws).squeeze(-1)
-    mask = win.unsqueeze(1) - win.unsqueeze(2)
-    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+    """Swin's shifted-window mask ``(nW, ws*ws, ws*ws)`` of a ``hp x wp`` padded map: 0
+    within a region, -100 across. Regions along each axis: ``[0, n - ws)``,
+    ``[n - ws, n - shift)``, ``[n - shift, n)`` (built from comparisons: traceable)."""
+    def region(n: int) -> torch.Tensor:
+        r = torch.arange(n, device=device)
+        return (r >= n - ws).long() + (r >= n - shift).long()
 
-
-@lru_cache(maxsize=32)
-def window_gather_index(h: int, w: int, ws: int, shift: int,
-                        device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indices that do pad-to-whole-windows, roll by ``-shift`` and partition in one gather.
-
-    Returns ``(gather, pad, inverse)``: windowed token ``i`` is token ``gather[i]`` of the
-    ``h*w`` map (``pad`` lists the windowed positions that are padding, their ``gather`` is
-    0); token ``t`` of the map is windowed token ``inverse[t]`` (un-partition, roll back,
-    crop).
-    """
-    hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
-    with torch.inference_mode(False):  # cached: must not be inference tensors
-        grid = torch.arange(hp * wp, device=device).view(1, hp, wp, 1)
-        if shift:
-            grid = torch.roll(grid, (-shift, -shift), dims=(1, 2))
-        order = window_partition(grid, ws).flatten()
-        row, col = order // wp, order % wp
-        valid = (row < h) & (col < w)
-        gather = torch.where(valid, row * w + col, 0)
-        inverse = torch.empty(h * w, dtype=torch.long, device=device)
-        inverse[gather[valid]] = torch.arange(order.numel(), device=device)[valid]
-        return gather, (~valid).nonzero().flatten(), inverse
-
-
-def _batched(index: torch.Tensor, b: int, n: int) -> torch.Tensor:
-    """``index`` into each of ``b`` stacked length-``n`` sequences (rows of a flat tensor)."""
-    if b == 1:
-        return index
-    return (torch.arange(b, device=index.device).unsqueeze(1) * n + index).flatten()
+    img = region(hp).unsqueeze(1) * 3 + region(wp).unsqueeze(0)              # (hp, wp)
+    win = window_partition(img.view(1, hp, wp, 1), ws).squeeze(-1)            # (nW, ws*ws)
+    return (win.unsqueeze(1) != win.unsqueeze(2)).float() * -100.0
 
 
 class SLABSwinBlock(nn.Module):
@@ -122,26 +92,36 @@ class SLABSwinBlock(nn.Module):
         self.norm2 = nn.Identity() if deploy else PRepBN(embed_dims, ln_eps=LN_EPS)
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop=drop)
 
+    def pad_value(self) -> Optional[torch.Tensor]:
+        """The projection of a zero normalised token (what padded tokens hold)."""
+        return self.qkv_pad if self.deploy else self.attn.pad_qkv()
+
     def forward(self, x: torch.Tensor, hw: HW, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        if cpu_inference.applies(x, self):
+            return cpu_inference.swin_block(self, x, hw, mask)
         b, n, c = x.shape
-        ws, s = self.window_size, self.shift_size
-        qkv = self.attn.project(self.norm1(x)).reshape(b * n, 3 * c)
-        # pad + roll + window partition as one row gather (and its inverse afterwards)
-        gather, pad_pos, inverse = window_gather_index(hw[0], hw[1], ws, s, x.device)
-        windows = qkv.index_select(0, _batched(gather, b, n))
-        if pad_pos.numel():
-            pad = self.qkv_pad if self.deploy else self.attn.pad_qkv()
-            windows[_batched(pad_pos, b, gather.numel())] = 0 if pad is None else pad.to(qkv.dtype)
-        windows = windows.view(-1, ws * ws, 3 * c)
+        (h, w), ws, s = hw, self.window_size, self.shift_size
+        qkv = self.attn.project(self.norm1(x)).reshape(b, h, w, 3 * c)
+        qkv = pad_to_multiple(qkv, ws, (1, 2))
+        hp, wp = qkv.shape[1], qkv.shape[2]
+        pad = self.pad_value()
+        if pad is not None and (hp != h or wp != w or torch.jit.is_tracing()):
+            valid = (torch.arange(hp, device=x.device) < h).unsqueeze(1) \
+                & (torch.arange(wp, device=x.device) < w).unsqueeze(0)
+            qkv = torch.where(valid.unsqueeze(-1), qkv, pad.to(qkv.dtype))
+        if s:
+            qkv = torch.roll(qkv, (-s, -s), dims=(1, 2))
+        windows = window_partition(qkv, ws)                                  # (B*nW, ws*ws, 3C)
         if self.attn_type == 'L':
             out = self.attn.mix(windows, (ws, ws))
         else:
             out = self.attn.mix(windows, mask if s else None)
-        # un-partition, roll back, crop; then proj on the real tokens only, + residual
-        out = out.reshape(-1, c).index_select(0, _batched(inverse, b, gather.numel()))
-        x = linear_residual(x, out.view(b, n, c), self.attn.proj, self.attn.proj_drop,
-                            self.drop_path)
-        return mlp_residual(x, self.norm2, self.mlp, self.drop_path)
+        out = window_reverse(out, ws, hp, wp)                                # (B, hp, wp, C)
+        if s:
+            out = torch.roll(out, (s, s), dims=(1, 2))
+        out = out[:, :h, :w].reshape(b, n, c)
+        x = x + self.drop_path(self.attn.proj_drop(self.attn.proj(out)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def switch_to_deploy(self) -> None:
         if self.deploy:
@@ -167,9 +147,7 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor, hw: HW) -> Tuple[torch.Tensor, HW]:
         b, _, c = x.shape
         h, w = hw
-        x = x.view(b, h, w, c)
-        if h % 2 or w % 2:
-            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = pad_to_multiple(x.reshape(b, h, w, c), 2, (1, 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
                       dim=-1).view(b, -1, 4 * c)
         return self.reduction(self.norm(x)), ((h + 1) // 2, (w + 1) // 2)
@@ -281,27 +259,47 @@ class SLABSwin(SLABBackbone):
                  deploy: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        cfg = resolve_arch(type(self).__name__, self.arch_zoo, arch,
+        name = type(self).__name__
+        cfg = resolve_arch(name, self.arch_zoo, arch,
                            embed_dims=embed_dims, depths=depths, num_heads=num_heads,
                            drop_path_rate=drop_path_rate)
-        embed_dims, depths, num_heads = cfg['embed_dims'], cfg['depths'], cfg['num_heads']
-        if not isinstance(embed_dims, int):
-            raise TypeError(f'SLABSwin embed_dims is one int (stage-1 width), got {embed_dims!r}')
+        embed_dims = cfg['embed_dims']
+        if not is_int(embed_dims):
+            raise TypeError(f'{name}: embed_dims is one int (the stage-1 width; stage i has '
+                            f'embed_dims * 2**i channels), got {embed_dims!r} '
+                            f'({type(embed_dims).__name__})')
+        embed_dims = check_int(name, 'embed_dims', embed_dims, min=1)
+        depths = list(check_int_seq(name, 'depths', cfg['depths'], min=1, min_length=1))
         num_stages = len(depths)
-        if isinstance(window_sizes, int):
-            window_sizes = [window_sizes] * num_stages
-        for name, value in (('num_heads', num_heads), ('attn_types', attn_types),
-                            ('window_sizes', window_sizes)):
-            if len(value) != num_stages:
-                raise ValueError(f'SLABSwin: {name}={value!r} has {len(value)} entries, '
-                                 f'depths={list(depths)} has {num_stages} stages')
-        if set(attn_types) - {'L', 'S'}:
-            raise ValueError(f"SLABSwin: attn_types={attn_types!r}: one letter per stage, "
-                             f"'L' (SLA) or 'S' (window softmax attention)")
-        self.out_indices = check_out_indices(out_indices, num_stages, 'SLABSwin')
-        if not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f'SLABSwin: frozen_stages must be in [-1, {num_stages}], '
-                             f'got {frozen_stages}')
+        per_stage = f'one per stage: depths={depths} has {num_stages} stages'
+        num_heads = list(check_int_seq(name, 'num_heads', cfg['num_heads'], num_stages, min=1,
+                                       length_hint=per_stage))
+        attn_types = check_str_letters(name, 'attn_types', attn_types, 'LS', num_stages,
+                                       meaning="'L' (SLA) or 'S' (window softmax attention)",
+                                       length_hint=per_stage)
+        window_sizes = list(check_int_seq(name, 'window_sizes', window_sizes, num_stages, min=1,
+                                          length_hint=per_stage, scalar=True))
+        for i, h in enumerate(num_heads):
+            if (embed_dims * 2 ** i) % h:
+                raise ValueError(f'{name}: stage {i} has embed_dims * 2**{i} = '
+                                 f'{embed_dims * 2 ** i} channels, not divisible by '
+                                 f'num_heads[{i}]={h}')
+        mlp_ratio = check_float(name, 'mlp_ratio', mlp_ratio, min=0, min_open=True)
+        if int(embed_dims * mlp_ratio) < 1:
+            raise ValueError(f'{name}: mlp_ratio={mlp_ratio:g} gives stage 0 an MLP of '
+                             f'int({embed_dims} * {mlp_ratio:g}) = 0 hidden channels; it must '
+                             f'be >= {1 / embed_dims:g}')
+        patch_size = check_int(name, 'patch_size', patch_size, min=1)
+        in_channels = check_int(name, 'in_channels', in_channels, min=1)
+        pretrain_img_size = check_size_2d(name, 'pretrain_img_size', pretrain_img_size, min=1)
+        self.out_indices = check_out_indices(out_indices, num_stages, name)
+        frozen_stages = check_int(name, 'frozen_stages', frozen_stages, min=-1, max=num_stages)
+        for arg, rate in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
+                          ('drop_path_rate', cfg['drop_path_rate'])):
+            check_float(name, arg, rate, min=0, max=1)
+        for arg, flag in (('qkv_bias', qkv_bias), ('norm_eval', norm_eval), ('with_cp', with_cp),
+                          ('deploy', deploy)):
+            check_bool(name, arg, flag)
         self.arch_settings = dict(embed_dims=embed_dims, depths=list(depths),
                                   num_heads=list(num_heads), attn_types=attn_types,
                                   window_sizes=list(window_sizes))
@@ -327,7 +325,9 @@ class SLABSwin(SLABBackbone):
         self.in_channels = in_channels
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        self.check_input(x)
+        self.check_input(x, self.patch_embed.proj.weight.dtype)
+        if x.shape[0] == 0 and not torch.jit.is_tracing():
+            return self.empty_outputs(x)
         x, hw = self.patch_embed(x)
         x = self.drop_after_pos(x)
         outs: List[torch.Tensor] = []
@@ -339,6 +339,15 @@ class SLABSwin(SLABBackbone):
             if i >= max(self.out_indices):
                 break
         return tuple(outs)
+
+    def feature_shapes(self, h: int, w: int) -> List[Tuple[int, HW]]:
+        p = self.patch_embed.patch_size
+        h, w = -(-h // p), -(-w // p)  # padded to the patch size, then ceil per merge
+        shapes = []
+        for c in self.num_features:
+            shapes.append((c, (h, w)))
+            h, w = -(-h // 2), -(-w // 2)
+        return [shapes[i] for i in self.out_indices]
 
     def frozen_modules(self) -> List[nn.Module]:
         if self.frozen_stages < 0:

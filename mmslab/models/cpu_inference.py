@@ -1,0 +1,213 @@
+"""The CPU inference path of the SLAB blocks: the same math as their reference ``forward``,
+arranged for a few-core BLAS.
+
+**When it runs** (:func:`applies`, checked at the top of every block's ``forward``): the
+block is in eval mode, the input is a float32 / float64 CPU tensor, autograd is off
+(``torch.no_grad()`` / ``torch.inference_mode()``), autocast is off for CPU, nothing is
+being traced, scripted or compiled, and the path is enabled (:func:`enabled`; on by
+default, ``MMSLAB_CPU_FAST_PATH=0`` in the environment or ``with enabled(False):`` turns it
+off). Everything else — CUDA, training, autograd, autocast, half / bfloat16 weights, ONNX
+export, ``torch.compile`` — runs the reference form. The tests run both forms on the same
+cases against a float64 reference.
+
+**Why it exists** (measured on 2 cores, 800x1344, ``tools/benchmark.py``; see README):
+the reference form is launch-friendly on a GPU (heads batched as ``(B, h, N, d)``), but on
+a CPU every fresh large tensor is page-faulted in and every transpose is a pass over
+memory. Here:
+
+* SLA keeps q, k, v token-major ``(B, N, C)``; each head's matmuls run on strided column
+  slices (no head-major copies), q and k are activated in place, the normaliser comes from
+  the numerator's matmul (``q @ [k^T v | k^T 1]``), and the depthwise conv runs
+  channels-last over all heads and is the buffer the attention is added into;
+* the output projection and fc2 accumulate into ``x + bias`` (BLAS ``beta = 1``): the
+  residual add costs no pass over the tokens;
+* the MLP runs over chunks of tokens, so its ``mlp_ratio``-times wider hidden layer is a
+  recycled temporary instead of a fresh full-size tensor;
+* Swin's pad + roll + partition (and the inverse) are one cached row gather each, and the
+  window softmax runs in place.
+"""
+import os
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Iterator, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HW = Tuple[int, int]
+
+_ENABLED = os.environ.get('MMSLAB_CPU_FAST_PATH', '1') != '0'
+
+
+@contextmanager
+def enabled(flag: bool) -> Iterator[None]:
+    """``with enabled(False):`` runs the reference form everywhere (and ``True`` the
+    CPU path wherever :func:`applies`)."""
+    global _ENABLED
+    old, _ENABLED = _ENABLED, bool(flag)
+    try:
+        yield
+    finally:
+        _ENABLED = old
+
+
+def applies(x: torch.Tensor, module: nn.Module) -> bool:
+    """The explicit rule: the CPU inference path runs ``module`` on ``x`` iff this holds."""
+    return (_ENABLED and not module.training and x.device.type == 'cpu'
+            and x.dtype in (torch.float32, torch.float64) and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled('cpu') and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
+
+
+# ------------------------------------------------------------------------ building blocks
+def linear_residual(x: torch.Tensor, y: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``x + linear(y)``: ``x + bias`` is written first and the GEMM accumulates into it."""
+    if linear.bias is None:
+        return x + linear(y)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous, whatever x is
+    torch.add(x, linear.bias.to(x.dtype), out=out)
+    out.view(-1, out.shape[-1]).addmm_(y.reshape(-1, y.shape[-1]), linear.weight.t())
+    return out
+
+
+#: hidden-layer elements per token chunk of the MLP (16 MB in fp32: below glibc's 32 MB
+#: mmap ceiling, so malloc recycles the chunk instead of mapping fresh pages each time)
+MLP_CHUNK = 1 << 22
+
+
+def mlp_residual(x: torch.Tensor, norm: nn.Module, mlp: nn.Module) -> torch.Tensor:
+    """``x + mlp(norm(x))`` for timm's ``Mlp`` (fc1 -> GELU -> fc2) over chunks of tokens
+    (``MLP_CHUNK`` hidden elements each, thousands of rows: GEMMs at full speed); GELU in
+    place; fc2 accumulates into ``x + bias``. ``norm`` is token-wise (eval PRepBN)."""
+    fc1, fc2 = mlp.fc1, mlp.fc2
+    if type(mlp.act) is not nn.GELU or mlp.act.approximate != 'none' or fc2.bias is None:
+        return x + mlp(norm(x))
+    x2 = x.reshape(-1, x.shape[-1])
+    out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    rows = max(64, MLP_CHUNK // fc1.out_features)
+    w2 = fc2.weight.t()
+    for i in range(0, x2.shape[0], rows):
+        xi, oi = x2[i:i + rows], out[i:i + rows]
+        h = torch.ops.aten.gelu_(fc1(norm(xi)))
+        torch.add(xi, fc2.bias, out=oi)  # residual + bias, then the GEMM accumulates
+        oi.addmm_(mlp.norm(h), w2)
+    return out.view(x.shape)
+
+
+def sla_mix(attn: nn.Module, qkv: torch.Tensor, hw: HW) -> torch.Tensor:
+    """:meth:`SimplifiedLinearAttention.mix` for a float32/64 CPU ``qkv`` that it may
+    overwrite: token-major heads, in-place activations, the depthwise conv as the output
+    buffer (see the module docstring)."""
+    from .attention import resize_pos_embed
+    b, n, _ = qkv.shape
+    c, d = attn.embed_dims, attn.head_dims
+    if n != hw[0] * hw[1]:
+        raise ValueError(f'{n} tokens do not form a {hw[0]}x{hw[1]} grid')
+    pos = resize_pos_embed(attn.positional_encoding, attn.pos_grid, hw).to(qkv.dtype)
+    v = qkv[..., 2 * c:]
+    out = _dwc_token_major(attn, v, hw)                                   # (B, N, C)
+    q, k = qkv[..., :c].relu_(), qkv[..., c:2 * c].add_(pos).relu_()
+    ksum = k.sum(dim=1).unsqueeze(-1)                                     # (B, C, 1)
+    for i in range(0, c, d):
+        qh, kh, vh = q[..., i:i + d], k[..., i:i + d], v[..., i:i + d]    # (B, N, d)
+        num_den = qh @ torch.cat([kh.transpose(1, 2) @ vh, ksum[:, i:i + d]], -1)
+        out[..., i:i + d].addcdiv_(num_den[..., :d], num_den[..., d:] + 1e-6)
+    return out
+
+
+def _dwc_token_major(attn: nn.Module, v: torch.Tensor, hw: HW) -> torch.Tensor:
+    """The shared depthwise conv of every head's v: ``(B, N, C)`` (any row stride) -> a new
+    contiguous ``(B, N, C)``; channels-last, one grouped conv (filters repeated per head)."""
+    b, n, c = v.shape
+    heads = attn.num_heads
+    vmap = v.reshape(b, hw[0], hw[1], c).permute(0, 3, 1, 2)
+    vmap = vmap.contiguous(memory_format=torch.channels_last)
+    weight, bias = attn.dwc.weight.to(v.dtype), attn.dwc.bias.to(v.dtype)
+    if heads > 1:
+        weight, bias = weight.repeat(heads, 1, 1, 1), bias.repeat(heads)
+    out = F.conv2d(vmap, weight, bias, padding=attn.dwc.padding, groups=c)
+    return out.permute(0, 2, 3, 1).reshape(b, n, c)
+
+
+def window_softmax_mix(attn: nn.Module, qkv: torch.Tensor,
+                       mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """:meth:`WindowAttention.mix` as plain ``softmax(q k^T / sqrt(d) + bias) v``, in place
+    (torch's CPU SDPA adds an all-masked-row check that costs as much as the softmax)."""
+    bw, n, _ = qkv.shape
+    heads, d = attn.num_heads, attn.embed_dims // attn.num_heads
+    q, k, v = qkv.view(bw, n, 3, heads, d).permute(2, 0, 3, 1, 4)
+    bias = attn.relative_position_bias().to(qkv.dtype)
+    if mask is not None:
+        nw = mask.shape[0]
+        bias = bias.unsqueeze(0) + mask.unsqueeze(1).to(qkv.dtype)
+        q, k, v = (t.view(bw // nw, nw, heads, n, d) for t in (q, k, v))
+    scores = (q * d ** -0.5) @ k.transpose(-2, -1)
+    out = scores.add_(bias).softmax(dim=-1) @ v
+    return out.reshape(bw, heads, n, d).transpose(1, 2).reshape(bw, n, attn.embed_dims)
+
+
+@lru_cache(maxsize=32)
+def window_gather_index(h: int, w: int, ws: int, shift: int,
+                        device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices that do pad-to-whole-windows, roll by ``-shift`` and partition in one gather.
+
+    Returns ``(gather, pad, inverse)``: windowed token ``i`` is token ``gather[i]`` of the
+    ``h*w`` map (``pad`` lists the windowed positions that are padding, their ``gather`` is
+    0); token ``t`` of the map is windowed token ``inverse[t]`` (un-partition, roll back,
+    crop).
+    """
+    from .slab_swin import window_partition
+    hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+    with torch.inference_mode(False):  # cached: must not be inference tensors
+        grid = torch.arange(hp * wp, device=device).view(1, hp, wp, 1)
+        if shift:
+            grid = torch.roll(grid, (-shift, -shift), dims=(1, 2))
+        order = window_partition(grid, ws).flatten()
+        row, col = order // wp, order % wp
+        valid = (row < h) & (col < w)
+        gather = torch.where(valid, row * w + col, 0)
+        inverse = torch.empty(h * w, dtype=torch.long, device=device)
+        inverse[gather[valid]] = torch.arange(order.numel(), device=device)[valid]
+        return gather, (~valid).nonzero().flatten(), inverse
+
+
+def _batched(index: torch.Tensor, b: int, n: int) -> torch.Tensor:
+    """``index`` into each of ``b`` stacked length-``n`` sequences (rows of a flat tensor)."""
+    if b == 1:
+        return index
+    return (torch.arange(b, device=index.device).unsqueeze(1) * n + index).flatten()
+
+
+# ------------------------------------------------------------------------ blocks
+def pvt_block(block: nn.Module, x: torch.Tensor, hw: HW) -> torch.Tensor:
+    """:meth:`SLABPVTBlock.forward` (eval, no autograd, float32/64 CPU)."""
+    attn = block.attn
+    y = block.norm1(x)
+    if hasattr(attn, 'dwc'):  # SLA
+        mixed = sla_mix(attn, attn.project(y), hw)
+    else:
+        mixed = attn.mix_tokens(y, hw)
+    x = linear_residual(x, mixed, attn.proj)
+    return mlp_residual(x, block.norm2, block.mlp)
+
+
+def swin_block(block: nn.Module, x: torch.Tensor, hw: HW,
+               mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """:meth:`SLABSwinBlock.forward` (eval, no autograd, float32/64 CPU)."""
+    b, n, c = x.shape
+    ws, s = block.window_size, block.shift_size
+    qkv = block.attn.project(block.norm1(x)).reshape(b * n, 3 * c)
+    gather, pad_pos, inverse = window_gather_index(hw[0], hw[1], ws, s, x.device)
+    windows = qkv.index_select(0, _batched(gather, b, n))
+    if pad_pos.numel():
+        pad = block.pad_value()
+        windows[_batched(pad_pos, b, gather.numel())] = 0 if pad is None else pad.to(qkv.dtype)
+    windows = windows.view(-1, ws * ws, 3 * c)
+    if block.attn_type == 'L':
+        out = sla_mix(block.attn, windows, (ws, ws))
+    else:
+        out = window_softmax_mix(block.attn, windows, mask if s else None)
+    out = out.reshape(-1, c).index_select(0, _batched(inverse, b, gather.numel()))
+    x = linear_residual(x, out.view(b, n, c), block.attn.proj)
+    return mlp_residual(x, block.norm2, block.mlp)

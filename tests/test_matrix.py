@@ -1,0 +1,160 @@
+"""One model, every device: the SLAB backbones against a float64 reference.
+
+Matrix: SLABPVT ('LLLL'), PVT-PRepBN ('SSSS'), SLABSwin ('LLSS'), Swin-PRepBN ('SSSS',
+window 7) x {train, eval, deploy-folded} x {grad, no_grad, inference_mode} x {float32,
+float64, bfloat16 / float16 autocast, ``.half()`` / ``.bfloat16()`` weights} x {batch 1, 3}
+x odd sizes x {contiguous, channels_last, non-contiguous} inputs, on every device present
+(CPU always, CUDA when there is one). Where the CPU inference path applies (see
+:mod:`mmslab.models.cpu_inference`), both it and the reference form are checked. Each
+output is compared with the float64 reference model (same weights, same mode) by its
+largest error relative to the reference's largest magnitude, with a tolerance per
+precision. Plus: training under autocast + GradScaler gives finite gradients
+(``torch.compile(fullgraph=True)``: tests/test_compile.py).
+"""
+import copy
+import itertools
+from contextlib import nullcontext
+from typing import Dict, Tuple
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mmslab.models import SLABPVT, SLABSwin, cpu_inference, set_prepbn_lam
+from mmslab.models.norms import RepBN
+
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+MODELS = {
+    'slab_pvt': (SLABPVT, dict(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1])),
+    'pvt_prepbn': (SLABPVT, dict(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1],
+                                 attn_types='SSSS')),
+    'slab_swin': (SLABSwin, dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
+                                 window_sizes=(16, 8, 7, 7))),
+    'swin_prepbn': (SLABSwin, dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
+                                   attn_types='SSSS', window_sizes=7)),
+}
+FORMS = ['train', 'eval', 'deploy']
+GRAD_MODES = {'grad': nullcontext, 'no_grad': torch.no_grad,
+              'inference_mode': torch.inference_mode}
+# precision -> (weights dtype, autocast dtype or None, relative tolerance)
+PRECISIONS = {
+    'float32': (torch.float32, None, 1e-4),
+    'float64': (torch.float64, None, 1e-10),
+    'autocast_bf16': (torch.float32, torch.bfloat16, 6e-2),
+    'autocast_fp16': (torch.float32, torch.float16, 1e-2),
+    'half': (torch.float16, None, 2e-2),
+    'bfloat16': (torch.bfloat16, None, 2e-1),  # 8-bit mantissa; BN over 2 tokens in train
+}
+SIZES = [(45, 77), (37, 70)]  # odd, non-square, not multiples of the patch / windows
+LAYOUTS = ['contiguous', 'channels_last', 'strided']
+
+
+def random_model(name: str, form: str, dtype: torch.dtype = torch.float32,
+                 device: str = 'cpu') -> nn.Module:
+    """A mini backbone with random weights, BN statistics and alphas, every PRepBN at
+    lam = 0.5 (both branches matter), drop path off; deploy: lam = 0, then folded in
+    ``dtype`` (the fold keeps the weights' dtype)."""
+    cls, kw = MODELS[name]
+    torch.manual_seed(0)
+    model = cls(**kw, drop_path_rate=0.0, norm_eval=False)
+    model.init_weights()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, RepBN):
+                m.bn.running_mean.normal_(0, 0.3)
+                m.bn.running_var.uniform_(0.5, 2.0)
+                m.alpha.uniform_(0.5, 1.5)
+    for p in model.parameters():  # position tables matter too
+        if p.dim() == 3:
+            nn.init.normal_(p, std=0.2)
+    set_prepbn_lam(model, 0.0 if form == 'deploy' else 0.5)
+    model.train(form == 'train').to(device=device, dtype=dtype)
+    if form == 'deploy':
+        model.switch_to_deploy()
+    return model
+
+
+def inputs(batch: int, hw: Tuple[int, int], layout: str, dtype: torch.dtype,
+           device: str) -> torch.Tensor:
+    torch.manual_seed(1)
+    x = torch.randn(batch, 3, *hw, dtype=torch.float64).to(device=device, dtype=dtype)
+    if layout == 'channels_last':
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == 'strided':  # a non-contiguous view: every other column of a wider image
+        wide = torch.zeros(batch, 3, hw[0], 2 * hw[1], dtype=dtype, device=device)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    return x
+
+
+_REFERENCES: Dict[tuple, Tuple[torch.Tensor, ...]] = {}
+
+
+def reference(name: str, form: str, batch: int, hw: Tuple[int, int]) -> Tuple[torch.Tensor, ...]:
+    """Float64 outputs of the trained-form model (deploy: the unfolded one) on CPU."""
+    key = (name, form, batch, hw)
+    if key not in _REFERENCES:
+        model = random_model(name, 'eval' if form == 'deploy' else form, torch.float64)
+        if form == 'deploy':
+            set_prepbn_lam(model, 0.0)
+        with torch.no_grad(), cpu_inference.enabled(False):
+            _REFERENCES[key] = tuple(o.cpu() for o in model(inputs(batch, hw, 'contiguous',
+                                                                  torch.float64, 'cpu')))
+    return _REFERENCES[key]
+
+
+# (batch, size, layout): each batch size, each size and each layout at least once
+VARIANTS = [(1, SIZES[0], 'contiguous'), (3, SIZES[1], 'channels_last'),
+            (3, SIZES[0], 'strided')]
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('precision', list(PRECISIONS))
+@pytest.mark.parametrize('grad_mode', list(GRAD_MODES))
+@pytest.mark.parametrize('form', FORMS)
+@pytest.mark.parametrize('name', list(MODELS))
+def test_matches_float64_reference(name, form, grad_mode, precision, device):
+    dtype, autocast_dtype, tol = PRECISIONS[precision]
+    model = random_model(name, form, dtype, device)
+    # where the CPU inference path's rule can hold, check both it and the reference form
+    both = device == 'cpu' and grad_mode != 'grad' and form != 'train' \
+        and precision in ('float32', 'float64')
+    for (batch, hw, layout), cpu_path in itertools.product(VARIANTS, [True, False] if both
+                                                           else [True]):
+        ref = reference(name, form, batch, hw)
+        x = inputs(batch, hw, layout, dtype, device)
+        autocast = torch.autocast(device, dtype=autocast_dtype) if autocast_dtype \
+            else nullcontext()
+        with GRAD_MODES[grad_mode](), autocast, cpu_inference.enabled(cpu_path):
+            outs = model(x)
+        assert len(outs) == len(ref) == 4
+        for i, (out, r) in enumerate(zip(outs, ref)):
+            where = f'{name}/{form}/{grad_mode}/{precision}/{device} batch {batch} {hw} ' \
+                    f'{layout} cpu_path={cpu_path} output {i}'
+            assert out.shape == r.shape, where
+            assert out.device.type == device, where
+            if autocast_dtype is None:
+                assert out.dtype == dtype, where
+            err = ((out.detach().double().cpu() - r).abs().max() / r.abs().max()).item()
+            assert err <= tol, f'{where}: relative error {err:.2e} > {tol:g}'
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('amp_dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('name', list(MODELS))
+def test_backward_finite_under_autocast_and_grad_scaler(name, amp_dtype, device):
+    model = random_model(name, 'train', device=device)
+    scaler = torch.amp.GradScaler(device, enabled=amp_dtype == torch.float16)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = inputs(2, SIZES[0], 'contiguous', torch.float32, device)
+    for _ in range(2):
+        with torch.autocast(device, dtype=amp_dtype):
+            loss = sum(o.float().square().mean() for o in model(x))
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        scaler.step(opt)
+        scaler.update()
+    assert scaler.get_scale() > 0
