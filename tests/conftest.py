@@ -4,7 +4,8 @@ import re
 import pytest
 import torch
 
-REFERENCE = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'reference')
+# Reference material of the SLAB release, trimmed, inside the repository (see its README.md)
+REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'reference')
 
 
 def release_state_dict(name: str, seed: int = 0) -> dict:

@@ -9,7 +9,7 @@ import torch
 
 from mmslab.models import SLABPVT, SLABSwin
 
-VECTORS = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'reference', 'vectors')
+VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'reference', 'vectors')
 MANIFEST = json.load(open(os.path.join(VECTORS, 'manifest.json')))
 
 

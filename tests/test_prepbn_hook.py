@@ -214,11 +214,15 @@ def test_registered_and_validated() -> None:
     assert HOOKS.get('PRepBNHook') is PRepBNHook
     hook = HOOKS.build(dict(type='PRepBNHook'))
     assert (hook.r0, hook.warmup_iters, hook.decay_iters) == (1.0, 0, 0.8)
-    bad: List[dict] = [dict(r0=-0.1), dict(r0=1.5), dict(r0='1'), dict(warmup_iters=-1),
-                       dict(warmup_iters=2.0), dict(decay_iters=-5), dict(decay_iters=1.5),
-                       dict(decay_iters=0.0), dict(decay_iters=True), dict(decay_iters='0.8')]
-    for kwargs in bad:
-        with pytest.raises(ValueError):
+    bad_value: List[dict] = [dict(r0=-0.1), dict(r0=1.5), dict(warmup_iters=-1),
+                             dict(decay_iters=-5), dict(decay_iters=1.5), dict(decay_iters=0.0)]
+    for kwargs in bad_value:
+        with pytest.raises(ValueError, match=f'PRepBNHook: {next(iter(kwargs))} must be'):
+            PRepBNHook(**kwargs)
+    bad_type: List[dict] = [dict(r0='1'), dict(warmup_iters=2.0), dict(decay_iters=True),
+                            dict(decay_iters='0.8')]
+    for kwargs in bad_type:  # bool is not an int, a float not an iteration count
+        with pytest.raises(TypeError, match=f'PRepBNHook: {next(iter(kwargs))} must be'):
             PRepBNHook(**kwargs)
     value: Union[int, float]
     for value in (0, 1, 1.0, 0.25):

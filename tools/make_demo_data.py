@@ -17,6 +17,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
     from mmslab.datasets import make_ade_semantic, make_coco_instances
+from mmslab.validation import argparse_int  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -26,12 +27,13 @@ def parse_args(argv=None):
     p.add_argument('--ade-root', default='data/demo_ade')
     p.add_argument('--only', choices=['coco', 'ade'], default=None,
                    help='write only one of the two sets')
-    p.add_argument('--num-train', type=int, default=None,
+    p.add_argument('--num-train', type=argparse_int(min=0), default=None,
                    help='training images (default: 400 coco, 200 ade)')
-    p.add_argument('--num-val', type=int, default=50)
-    p.add_argument('--image-size', type=int, default=256)
-    p.add_argument('--max-objects', type=int, default=5)
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--num-val', type=argparse_int(min=0), default=50)
+    p.add_argument('--image-size', type=argparse_int(min=1), default=256,
+                   help='square image side in pixels')
+    p.add_argument('--max-objects', type=argparse_int(min=1), default=5)
+    p.add_argument('--seed', type=argparse_int(min=0), default=0)
     p.add_argument('--img-ext', default='.png', choices=['.png', '.jpg'],
                    help='image format of the COCO set (PNG: lossless, and mmdet '
                    "`test --show-dir` then draws PNGs)")

@@ -9,30 +9,38 @@ writes ``<checkpoint stem>_bnrecal.pth`` next to the input (or ``--out``). The i
 checkpoint is never overwritten. See ``mmslab.bn_recalibration``.
 """
 import argparse
+from typing import List, Optional
 
 from mmengine.config import DictAction
 
 import mmslab  # noqa: F401  (registers the SLAB modules)
 from mmslab.bn_recalibration import recalibrate_checkpoint
+from mmslab.validation import argparse_int
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Re-estimate the RepBN BatchNorm statistics of a checkpoint')
     parser.add_argument('config', help='config file (mmdet / mmseg / mmengine)')
     parser.add_argument('checkpoint', help='trained checkpoint')
-    parser.add_argument('--iters', type=int, required=True,
-                        help='number of training batches to estimate the statistics on')
+    parser.add_argument('--iters', type=argparse_int(min=1), required=True,
+                        help='number of training batches to estimate the statistics on (>= 1)')
     parser.add_argument('--out', default=None,
-                        help='output checkpoint (default: <checkpoint stem>_bnrecal.pth)')
+                        help='output checkpoint (default: <checkpoint stem>_bnrecal.pth); '
+                        'never CONFIG or CHECKPOINT, written atomically')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, e.g. '
                         'train_dataloader.batch_size=4')
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    for name in ('config', 'checkpoint', 'out'):
+        value = getattr(args, name)
+        if value is not None and not value.strip():
+            parser.error(f'argument {name}: must be a path, got an empty string')
+    return args
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
     out = recalibrate_checkpoint(args.config, args.checkpoint, args.iters, args.out,
                                  args.cfg_options)
     print(out)

@@ -6,6 +6,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from mmslab.models.norms import set_prepbn_lam
+from mmslab.validation import check_float, check_int, is_int, is_number
 
 DATA_BATCH = Optional[Union[dict, tuple, list]]
 
@@ -60,20 +61,22 @@ class PRepBNHook(Hook):
                  r0: float = 1.0,
                  warmup_iters: int = 0,
                  decay_iters: Union[int, float] = 0.8) -> None:
-        if isinstance(r0, bool) or not isinstance(r0, (int, float)) or not 0 <= r0 <= 1:
-            raise ValueError(f'r0 must be a number in [0, 1], got {r0!r}')
-        if isinstance(warmup_iters, bool) or not isinstance(warmup_iters, int) \
-                or warmup_iters < 0:
-            raise ValueError(f'warmup_iters must be an int >= 0, got {warmup_iters!r}')
-        if isinstance(decay_iters, bool) or not isinstance(decay_iters, (int, float)):
-            raise ValueError(f'decay_iters must be an int (iterations) or a float in '
-                             f'(0, 1] (fraction of max_iters), got {decay_iters!r}')
-        if isinstance(decay_iters, int) and decay_iters < 0:
-            raise ValueError(f'decay_iters must be >= 0 iterations, got {decay_iters}')
-        if isinstance(decay_iters, float) and not 0 < decay_iters <= 1:
-            raise ValueError(
-                f'a float decay_iters is a fraction of max_iters and must be in (0, 1], '
-                f'got {decay_iters}; use an int for a number of iterations')
+        name = type(self).__name__
+        r0 = check_float(name, 'r0', r0, min=0, max=1)
+        warmup_iters = check_int(name, 'warmup_iters', warmup_iters, min=0)
+        if is_int(decay_iters):
+            decay_iters = check_int(name, 'decay_iters', decay_iters, min=0)
+        elif is_number(decay_iters):
+            try:
+                decay_iters = check_float(name, 'decay_iters', decay_iters, min=0, max=1,
+                                          min_open=True)
+            except ValueError as e:
+                raise ValueError(f'{e} (a float is a fraction of max_iters; give an int for a '
+                                 'number of iterations)') from None
+        else:
+            raise TypeError(f'{name}: decay_iters must be an int >= 0 (iterations) or a float '
+                            f'in (0, 1] (fraction of max_iters), got {decay_iters!r} '
+                            f'({type(decay_iters).__name__})')
         self.r0 = float(r0)
         self.warmup_iters = warmup_iters
         self.decay_iters = decay_iters

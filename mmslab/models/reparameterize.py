@@ -1,12 +1,15 @@
 """Re-parameterization of whole models: fold every SLAB backbone's norms for inference."""
 import copy
 import os
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
+from ..fileio import atomic_save, atomic_write_text, check_outputs
+from ..validation import check_float, check_size_2d
 from .backbone_utils import SLABBackbone
+from .checkpoint import read_checkpoint, unwrap_state_dict
 
 
 def reparameterize(model: nn.Module) -> int:
@@ -37,6 +40,13 @@ def build_model_from_config(config, cfg_options: Optional[dict] = None) -> nn.Mo
     return MODELS.build(cfg.model)
 
 
+def deploy_outputs(out: str) -> Dict[str, str]:
+    """The files :func:`deploy_checkpoint` writes for ``out``: the folded checkpoint and
+    its config ``<out stem>_config.py``."""
+    return {'folded checkpoint': out,
+            'folded config (<out stem>_config.py)': os.path.splitext(out)[0] + '_config.py'}
+
+
 @torch.no_grad()
 def deploy_checkpoint(config: str,
                       checkpoint: str,
@@ -51,14 +61,25 @@ def deploy_checkpoint(config: str,
     both evaluated in float64),
     saves ``{'state_dict', 'meta'}`` to ``out`` and next to it ``<out stem>_config.py``
     (the config with ``backbone.deploy=True``, which loads the file strictly).
-    Returns the measured relative difference. Never writes onto ``checkpoint``.
-    """
-    from mmengine.runner import load_checkpoint
+    Returns the measured relative difference.
 
-    if os.path.abspath(out) == os.path.abspath(checkpoint):
-        raise ValueError(f'refusing to overwrite the trained checkpoint {checkpoint}')
+    Never writes onto an input: ``out`` and ``<out stem>_config.py`` must not be (or
+    resolve to, through symlinks / hard links) ``config`` or ``checkpoint``. Both files
+    are written atomically (an interrupted run leaves the old files or none).
+    """
+    from mmengine.config import Config
+    from mmengine.runner.checkpoint import _load_checkpoint_to_model
+
+    name = 'deploy_checkpoint'
+    img_shape = check_size_2d(name, 'img_shape', img_shape, min=1)
+    rtol = check_float(name, 'rtol', rtol, min=0, min_open=True)
+    outputs = deploy_outputs(out)
+    check_outputs(outputs, {'config': config if isinstance(config, str) else None,
+                            'trained checkpoint': checkpoint}, name)
+    ckpt = read_checkpoint(checkpoint, map_location='cpu')
+    unwrap_state_dict(ckpt, prefix='', source=checkpoint)  # says what a wrong file holds
     model = build_model_from_config(config, cfg_options)
-    ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    _load_checkpoint_to_model(model, ckpt, strict=True)
     model.eval()
     x = torch.rand(1, 3, *img_shape) * 255
     x = model.data_preprocessor({'inputs': [x[0]]}, False)['inputs'].double()
@@ -76,15 +97,13 @@ def deploy_checkpoint(config: str,
     if err > rtol:
         raise RuntimeError(f'folded model differs from the trained one by {err:.2e} (relative)'
                            f' > {rtol:g}: not saving {out}')
-    os.makedirs(os.path.dirname(os.path.abspath(out)) or '.', exist_ok=True)
     meta = dict(ckpt.get('meta', {}), deployed_from=checkpoint, fold_relative_error=err)
-    torch.save({'state_dict': model.state_dict(), 'meta': meta}, out)
-    from mmengine.config import Config
-    cfg = Config.fromfile(config)
+    cfg = config.copy() if isinstance(config, Config) else Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     cfg.model.backbone.deploy = True
     cfg.model.backbone.init_cfg = None
     cfg.load_from = out
-    cfg.dump(os.path.splitext(out)[0] + '_config.py')
+    atomic_save({'state_dict': model.state_dict(), 'meta': meta}, out)
+    atomic_write_text(cfg.pretty_text, outputs['folded config (<out stem>_config.py)'])
     return err
