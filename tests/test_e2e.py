@@ -201,6 +201,9 @@ val_cfg = None
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2)]
+# the LayerNorm -> RepBN schedule ends (lam = 0) before the last iteration: the final
+# checkpoint is a converged, foldable model
+custom_hooks = [dict(type='PRepBNHook', r0=1.0, warmup_iters=0, decay_iters=0.5)]
 default_hooks = dict(
     logger=dict(interval=1),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=2))

@@ -90,6 +90,16 @@ def inputs(batch: int, hw: Tuple[int, int], layout: str, dtype: torch.dtype,
 _REFERENCES: Dict[tuple, Tuple[torch.Tensor, ...]] = {}
 
 
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """float32 means float32: TF32 (on by default for cuDNN convolutions) rounds the
+    patch-embedding and depthwise convs to 10-bit mantissas on Ampere+ GPUs."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 def reference(name: str, form: str, batch: int, hw: Tuple[int, int]) -> Tuple[torch.Tensor, ...]:
     """Float64 outputs of the trained-form model (deploy: the unfolded one) on CPU."""
     key = (name, form, batch, hw)
