@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from mmslab.models import SLABPVT, SLABSwin
+from mmslab.models import SLABPVT, SLABSwin, cpu_inference
 
 VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'reference', 'vectors')
 MANIFEST = json.load(open(os.path.join(VECTORS, 'manifest.json')))
@@ -37,15 +37,27 @@ def test_every_vector_file_is_covered():
     assert files == {f'{name}_io_{size}.pt' for name, size in CASES}
 
 
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('name,size', CASES)
 @pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-6), (torch.float32, 1e-4)])
-def test_release_vectors(name, size, dtype, tol):
-    model = build_mini(name).to(dtype)
+def test_release_vectors(name, size, dtype, tol, device):
+    """Both forms of the model (the reference form, and on CPU the inference path), with
+    TF32 off (it is on by default for cuDNN convolutions and rounds them to 10 bits)."""
+    model = build_mini(name).to(device=device, dtype=dtype)
     io = torch.load(os.path.join(VECTORS, f'{name}_io_{size}.pt'))
-    with torch.no_grad():
-        outs = model(io['input'].to(dtype))
-    assert len(outs) == len(io['outputs']) == 4
-    for out, ref in zip(outs, io['outputs']):
-        assert out.dtype == dtype
-        assert out.shape == ref.shape
-        assert (out.double() - ref).abs().max().item() <= tol
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        for cpu_path in ([True, False] if device == 'cpu' else [False]):
+            with torch.no_grad(), cpu_inference.enabled(cpu_path):
+                outs = model(io['input'].to(device=device, dtype=dtype))
+            assert len(outs) == len(io['outputs']) == 4
+            for out, ref in zip(outs, io['outputs']):
+                assert out.dtype == dtype
+                assert out.shape == ref.shape
+                assert (out.double().cpu() - ref).abs().max().item() <= tol
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
