@@ -1,6 +1,7 @@
 """Small pieces both SLAB backbones share: arch presets, argument checks, weight init and
 the ``init_cfg=dict(type='Pretrained', ...)`` path."""
 import math
+from abc import abstractmethod
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -113,9 +114,9 @@ class SLABBackbone(BaseModule):
         return tuple(x.new_zeros(0, c, h, w)
                      for c, (h, w) in self.feature_shapes(x.shape[2], x.shape[3]))
 
+    @abstractmethod
     def feature_shapes(self, h: int, w: int) -> List[Tuple[int, Tuple[int, int]]]:
         """``(channels, (height, width))`` of every output map for a ``h x w`` image."""
-        raise NotImplementedError
 
     def init_weights(self) -> None:
         if not self.load_pretrained():
