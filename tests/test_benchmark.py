@@ -4,7 +4,8 @@ import os
 import pytest
 import torch
 
-from mmslab.benchmark import MODELS, count_macs, main
+from mmslab.benchmark import (MODELS, PRESETS, BenchmarkResult, Case, Measurement, count_macs,
+                              main)
 from mmslab.models import SimplifiedLinearAttention
 
 pytest.importorskip('mmdet')
@@ -21,6 +22,135 @@ def test_benchmark_smoke(tmp_path):
     assert not any(res.missed_ops.values()), res.missed_ops
     assert 'Targets:' in (tmp_path / 'benchmark.md').read_text()
     assert os.path.getsize(tmp_path / 'latency.png') > 0
+
+
+def test_benchmark_train_amp_smoke(tmp_path):
+    """The GPU mode's code paths on the CPU: training steps (forward + backward, train
+    mode, both PRepBN branches) and eval forwards under bf16 autocast, batch 2, the
+    trained forms only for training; same table / targets / plot."""
+    models = ['slab_pvt_t', 'slab_pvt_t_deploy', 'pvt_t', 'swin_prepbn_t',
+              'swin_prepbn_t_deploy', 'swin_t']
+    res = main(['--device', 'cpu', '--mini', '--sizes', '64x64', '--batch', '2',
+                '--amp', 'bf16', '--train', '--repeat', '2', '--warmup', '1', '--threads', '1',
+                '--models', *models, '--out-dir', str(tmp_path)])
+    assert not res.failures, res.failures
+    trained = res.measurements
+    assert {m.model for m in trained} == {'slab_pvt_t', 'pvt_t', 'swin_prepbn_t', 'swin_t'}
+    for m in trained:
+        assert m.case == Case((64, 64), 2, 'bf16', True)
+        assert len(m.times) == 2 and all(t > 0 for t in m.times)
+        assert m.macs and m.peak_bytes and m.gflops is None
+    table = res.table()
+    assert '| Swin-T-PRepBN | 64x64 | 2 | train bf16 |' in table
+    assert 'Targets:' in (tmp_path / 'benchmark.md').read_text()
+    assert os.path.getsize(tmp_path / 'latency.png') > 0
+    # the models are back in eval mode with lam = 0 after the run
+    res = main(['--device', 'cpu', '--mini', '--sizes', '48x80', '--amp', 'fp32', 'bf16',
+                '--repeat', '1', '--warmup', '0', '--threads', '1', '--no-memory',
+                '--models', 'slab_swin_t_deploy', 'swin_t', '--out-dir', str(tmp_path)])
+    assert [(m.model, m.amp) for m in res.measurements] == [
+        ('slab_swin_t_deploy', 'fp32'), ('swin_t', 'fp32'),
+        ('slab_swin_t_deploy', 'bf16'), ('swin_t', 'bf16')]
+    assert '| SLAB-Swin-T deploy | 48x80 | 1 | eval bf16 |' in res.table()
+
+
+def test_benchmark_compile_smoke(tmp_path):
+    """``--compile`` times a compiled twin next to the eager model and reports the compile
+    time (the aot_eager backend here: no C++ build in CI)."""
+    res = main(['--mini', '--sizes', '64x64', '--repeat', '1', '--warmup', '1',
+                '--threads', '1', '--models', 'slab_pvt_t_deploy', '--compile',
+                '--compile-backend', 'aot_eager', '--no-flops', '--no-memory',
+                '--out-dir', str(tmp_path)])
+    assert not res.failures, res.failures
+    eager, compiled = res.measurements
+    assert (eager.model, compiled.model) == ('slab_pvt_t_deploy', 'slab_pvt_t_deploy+compile')
+    assert compiled.first_call > 0 and compiled.graph_breaks == 0
+    assert eager.first_call is None
+    assert '| SLAB-PVT-T deploy [compiled] | 64x64 | 1 | eval fp32 |' in res.table()
+
+
+def test_benchmark_failure_is_reported_and_run_goes_on():
+    """A model that fails in a case (an error, CUDA out of memory) is dropped from that
+    case and listed; the others are measured (a long GPU run is not lost to one model)."""
+    from mmslab.benchmark import run_benchmark
+
+    class Fails(torch.nn.Module):
+        def forward(self, x):
+            if x.shape[0] > 1:
+                raise RuntimeError('CUDA out of memory (pretend)')
+            return (x.mean(1, keepdim=True), )
+
+    class Conv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return (self.conv(x), )
+
+    partial = []
+    res = run_benchmark(['fails', 'conv'], [(16, 16)], repeat=2, warmup=1, threads=1,
+                        factories={'fails': Fails, 'conv': Conv}, batches=(1, 2),
+                        amps=('fp32', 'bf16'), log=lambda s: None, on_case=partial.append)
+    assert [(m.model, m.batch, m.amp) for m in res.measurements] == [
+        ('fails', 1, 'fp32'), ('conv', 1, 'fp32'), ('fails', 1, 'bf16'), ('conv', 1, 'bf16'),
+        ('conv', 2, 'fp32'), ('conv', 2, 'bf16')]
+    assert list(res.failures) == ['fails eval fp32 b2 16x16', 'fails eval bf16 b2 16x16']
+    assert 'CUDA out of memory (pretend)' in res.failures['fails eval fp32 b2 16x16']
+    assert 'FAILED: fails eval fp32 b2 16x16' in res.table()
+    assert [len(p.measurements) for p in partial] == [2, 4, 5, 6]
+
+
+def _fake(model, case, median, peak=None):
+    return Measurement(model, case.size, [median, median * 1.1], batch=case.batch,
+                       amp=case.amp, train=case.train, peak_bytes=peak, weight_bytes=0)
+
+
+def test_gpu_preset_and_targets():
+    """``--preset gpu`` is the issue's matrix, and the CUDA targets are read from the
+    right cases (no GPU needed: measurements made up)."""
+    cases = PRESETS['gpu']
+    shapes = {(c.size, c.batch) for c in cases}
+    assert shapes == {((800, 1344), 1), ((800, 1344), 2), ((512, 512), 16), ((1600, 2688), 1)}
+    assert {c.mode for c in cases} == {'eval fp32', 'eval fp16', 'train fp16'}
+    assert len(cases) == 12
+
+    e16, e32, t16 = (Case((800, 1344), 2, 'fp16'), Case((800, 1344), 1, 'fp32'),
+                     Case((800, 1344), 2, 'fp16', True))
+    ms = [_fake('pvt_t', e16, 0.018), _fake('slab_pvt_t_deploy', e16, 0.0115),  # 0.64
+          _fake('swin_t', e16, 0.0121), _fake('slab_swin_t_deploy', e16, 0.0099),  # 0.82
+          _fake('swin_prepbn_t_deploy', e16, 0.0080),                              # 0.66
+          _fake('pvt_t', e32, 0.010), _fake('slab_pvt_t_deploy', e32, 0.006),      # 0.6
+          _fake('pvt_t', t16, 0.048, peak=100), _fake('slab_pvt_t', t16, 0.051, peak=90),
+          _fake('swin_t', t16, 0.057, peak=100), _fake('slab_swin_t', t16, 0.075, peak=120)]
+    res = BenchmarkResult(ms, [50000.0], 2, 7, 3, dict(torch='x', gpu='H100'), device='cuda',
+                          gemm_amp={'fp16': 700000.0})
+    lines = res.targets()
+    text = '\n'.join(lines)
+    assert len(lines) == 9
+
+    def line(num, den, case, what='latency'):
+        return next(t for t in lines if t.startswith(f'- {num} / {den} {what} ({case},'))
+
+    assert line('SLAB-PVT-T deploy', 'PVT-T (mmdet)', e16).endswith('0.639 (minima: 0.639) -> NOT met')
+    assert line('SLAB-Swin-T deploy', 'Swin-T (mmdet)', e16).endswith('-> NOT met')
+    assert line('Swin-T-PRepBN deploy', 'Swin-T (mmdet)', e16).endswith('0.661 (minima: 0.661) -> met')
+    assert line('SLAB-PVT-T deploy', 'PVT-T (mmdet)', e32).endswith('0.600 (minima: 0.600) -> met')
+    assert line('SLAB-Swin-T deploy', 'Swin-T (mmdet)', e32).endswith('not measured in this run')
+    assert line('SLAB-PVT-T', 'PVT-T (mmdet)', t16).endswith('-> NOT met')  # 1.0625
+    assert line('SLAB-Swin-T', 'Swin-T (mmdet)', t16).endswith('-> NOT met')  # 1.316
+    assert line('SLAB-PVT-T', 'PVT-T (mmdet)', t16, 'memory').endswith('0.900 -> met')
+    assert line('SLAB-Swin-T', 'Swin-T (mmdet)', t16, 'memory').endswith('1.200 -> NOT met')
+    assert 'train fp16' in res.table() and 'latency ms' in res.table() and 'TF32' in res.table()
+    assert 'target <= 0.3)' not in text  # no CPU target on CUDA
+
+    cpu = BenchmarkResult([_fake('pvt_t', e32, 2.46), _fake('slab_pvt_t_deploy', e32, 0.6),
+                           _fake('swin_t', e32, 1.82), _fake('slab_swin_t_deploy', e32, 1.35)],
+                          [80.0], 2, 3, 1, dict(torch='x'))
+    lines = cpu.targets()
+    assert lines[0].endswith('0.244 (minima: 0.244) -> met')  # SLAB-PVT-T deploy <= 0.3
+    assert lines[1].endswith('0.742 (minima: 0.742) -> met')  # SLAB-Swin-T deploy <= 0.8
+    assert 'target <= 0.3' in lines[0] and 'target <= 0.8' in lines[1]
 
 
 def test_sla_macs_are_counted():

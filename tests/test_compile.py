@@ -1,0 +1,85 @@
+"""torch.compile: the SLAB backbones compile as one graph (``fullgraph=True``) in eval and in
+train mode, trained and deploy-folded form, and the compiled model computes what the eager
+one computes (outputs, and in training the gradients).
+
+CI runs dynamo with the ``aot_eager`` backend: it captures the whole graph (dynamo) and
+the joint forward/backward graph (AOTAutograd), which is where graph breaks and tracing
+errors show, without inductor's C++ code generation (minutes on 2 cores). What inductor
+costs and gains is measured by ``tools/benchmark.py --compile``.
+"""
+import pytest
+import torch
+
+from mmslab.models import SLABPVT, SLABSwin, set_prepbn_lam
+
+BACKEND = 'aot_eager'
+
+MINI = {
+    'SLABPVT': lambda: SLABPVT(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1],
+                               drop_path_rate=0.0, norm_eval=False),
+    'PVTPRepBN': lambda: SLABPVT(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1],
+                                 attn_types='SSSS', drop_path_rate=0.0, norm_eval=False),
+    'SLABSwin': lambda: SLABSwin(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
+                                 drop_path_rate=0.0, norm_eval=False),
+    'SwinPRepBN': lambda: SLABSwin(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
+                                   attn_types='SSSS', window_sizes=7, drop_path_rate=0.0,
+                                   norm_eval=False),
+}
+
+
+def _build(name: str, deploy: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = MINI[name]()
+    model.init_weights()
+    model.train()
+    with torch.no_grad():  # non-trivial BatchNorm statistics before folding
+        for _ in range(2):
+            model(torch.randn(2, 3, 64, 96))
+    model.eval()
+    if deploy:
+        model.switch_to_deploy()
+    return model
+
+
+def _compile(model: torch.nn.Module) -> torch.nn.Module:
+    torch._dynamo.reset()
+    return torch.compile(model, backend=BACKEND, fullgraph=True)
+
+
+@pytest.mark.parametrize('deploy', [False, True], ids=['trained', 'deploy'])
+@pytest.mark.parametrize('name', list(MINI))
+def test_compile_fullgraph_eval(name, deploy):
+    """Eval + no_grad (inference), on a size that needs padding (not a multiple of 32)."""
+    model = _build(name, deploy)
+    x = torch.randn(2, 3, 75, 61)
+    with torch.no_grad():
+        ref = model(x)
+        out = _compile(model)(x)
+    assert len(out) == len(ref) == 4
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('name', list(MINI))
+def test_compile_fullgraph_train(name):
+    """Train mode mid-schedule (lam = 0.5: LayerNorm and RepBN both run, batch statistics):
+    compiled forward and backward equal eager."""
+    model = _build(name, deploy=False)
+    model.train()
+    assert set_prepbn_lam(model, 0.5) > 0
+    x = torch.randn(2, 3, 64, 80)
+
+    def step(m):
+        m.zero_grad(set_to_none=True)
+        outs = m(x)
+        sum(o.float().mean() for o in outs).backward()
+        return [o.detach() for o in outs], {n: p.grad.clone() for n, p in
+                                            model.named_parameters() if p.grad is not None}
+
+    ref, ref_grads = step(model)
+    out, grads = step(_compile(model))
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert grads.keys() == ref_grads.keys() and len(grads) > 0
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-3, atol=1e-5, msg=k)
