@@ -33,7 +33,7 @@ HW = Tuple[int, int]
 def resize_pos_embed(pos: torch.Tensor, src_hw: HW, dst_hw: HW) -> torch.Tensor:
     """Resize a ``(1, H*W, C)`` position table from grid ``src_hw`` to ``dst_hw``
     (bilinear over the 2-D grid, align_corners=False, as mmdet's PVT does)."""
-    if tuple(src_hw) == tuple(dst_hw) and not torch.jit.is_tracing():
+    if not torch.jit.is_tracing() and tuple(src_hw) == tuple(dst_hw):
         return pos  # (a traced graph keeps the resize: it must hold for every input size)
     if pos.shape[1] != src_hw[0] * src_hw[1]:
         raise ValueError(f'position table of {pos.shape[1]} entries does not match its '
@@ -128,13 +128,13 @@ class SimplifiedLinearAttention(nn.Module):
         least float32 with autocast off (as the release); the result has ``qkv``'s dtype.
         """
         b, n, _ = qkv.shape
-        if n != hw[0] * hw[1] and not torch.jit.is_tracing():
+        if not torch.jit.is_tracing() and n != hw[0] * hw[1]:
             raise ValueError(f'{n} tokens do not form a {hw[0]}x{hw[1]} grid')
         heads, d = self.num_heads, self.head_dims
         pos = resize_pos_embed(self.positional_encoding, self.pos_grid, hw)
         in_dtype, dtype = qkv.dtype, _core_dtype(qkv.dtype)
         with torch.autocast(device_type=qkv.device.type, enabled=False):
-            q, k, v = qkv.to(dtype).reshape(b, n, 3, heads, d).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.to(dtype).reshape(b, n, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
             q = F.relu(q)                                                   # (B, h, N, d)
             k = F.relu(k + pos.to(dtype).reshape(1, n, heads, d).transpose(1, 2))
             num = q @ (k.transpose(-2, -1) @ v)                             # q (k^T v)
@@ -213,7 +213,7 @@ class WindowAttention(nn.Module):
         """Attention over projected windows ``(B*nW, ws*ws, 3C)``, before ``proj``."""
         bw, n, _ = qkv.shape
         heads, d = self.num_heads, self.embed_dims // self.num_heads
-        q, k, v = qkv.reshape(bw, n, 3, heads, d).permute(2, 0, 3, 1, 4)     # (B*nW, h, N, d)
+        q, k, v = qkv.reshape(bw, n, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW,h,N,d)
         bias = self.relative_position_bias().to(qkv.dtype)                    # (h, N, N)
         if mask is not None:
             nw = mask.shape[0]

@@ -158,7 +158,7 @@ def window_gather_index(h: int, w: int, ws: int, shift: int,
     crop).
     """
     from .slab_swin import window_partition
-    hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+    hp, wp = (h + ws - 1) // ws * ws, (w + ws - 1) // ws * ws
     with torch.inference_mode(False):  # cached: must not be inference tensors
         grid = torch.arange(hp * wp, device=device).view(1, hp, wp, 1)
         if shift:

@@ -222,7 +222,7 @@ class SLABPVT(SLABBackbone):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self.check_input(x, self.stages[0].patch_embed.proj.weight.dtype, self.min_input_size)
-        if x.shape[0] == 0 and not torch.jit.is_tracing():
+        if not torch.jit.is_tracing() and x.shape[0] == 0:
             return self.empty_outputs(x)
         outs: List[torch.Tensor] = []
         for i, stage in enumerate(self.stages):

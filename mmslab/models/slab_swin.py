@@ -105,7 +105,7 @@ class SLABSwinBlock(nn.Module):
         qkv = pad_to_multiple(qkv, ws, (1, 2))
         hp, wp = qkv.shape[1], qkv.shape[2]
         pad = self.pad_value()
-        if pad is not None and (hp != h or wp != w or torch.jit.is_tracing()):
+        if pad is not None and (torch.jit.is_tracing() or hp != h or wp != w):
             valid = (torch.arange(hp, device=x.device) < h).unsqueeze(1) \
                 & (torch.arange(wp, device=x.device) < w).unsqueeze(0)
             qkv = torch.where(valid.unsqueeze(-1), qkv, pad.to(qkv.dtype))
@@ -191,8 +191,9 @@ class SLABSwinStage(nn.Module):
         ws = self.window_size
         mask = None
         if self.attn_type == 'S' and len(self.blocks) > 1:
-            mask = shift_window_mask(-(-hw[0] // ws) * ws, -(-hw[1] // ws) * ws, ws, ws // 2,
-                                     x.device)
+            # (n + ws - 1) // ws, not -(-n // ws): ONNX's integer Div truncates toward zero
+            mask = shift_window_mask((hw[0] + ws - 1) // ws * ws, (hw[1] + ws - 1) // ws * ws,
+                                     ws, ws // 2, x.device)
         for blk in self.blocks:
             if self.with_cp and x.requires_grad:
                 x = cp.checkpoint(blk, x, hw, mask, use_reentrant=False)
@@ -326,7 +327,7 @@ class SLABSwin(SLABBackbone):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self.check_input(x, self.patch_embed.proj.weight.dtype)
-        if x.shape[0] == 0 and not torch.jit.is_tracing():
+        if not torch.jit.is_tracing() and x.shape[0] == 0:
             return self.empty_outputs(x)
         x, hw = self.patch_embed(x)
         x = self.drop_after_pos(x)
