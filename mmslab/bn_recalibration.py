@@ -14,9 +14,11 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
-from mmengine.runner import Runner, load_checkpoint, save_checkpoint
-from mmengine.runner.checkpoint import get_state_dict, weights_to_cpu
+from mmengine.runner import Runner
+from mmengine.runner.checkpoint import _load_checkpoint_to_model, get_state_dict, weights_to_cpu
 
+from mmslab.fileio import atomic_save, check_outputs
+from mmslab.models.checkpoint import read_checkpoint
 from mmslab.models.norms import RepBN
 
 LoggerType = Optional[Union[logging.Logger, str]]
@@ -48,10 +50,19 @@ def recalibrate_bn(model: nn.Module,
     touched; momentum and training flags are restored afterwards. Other BatchNorms
     (e.g. in a neck or head) keep their statistics.
 
+    When ``num_iters`` is more than one pass over ``data_loader`` holds, the loader is
+    iterated again (as many passes as needed; the last one stops after ``num_iters``
+    batches in all). A sampler with ``set_epoch`` (mmengine's ``DefaultSampler``,
+    torch's ``DistributedSampler``; on ``data_loader.sampler`` or
+    ``data_loader.batch_sampler.sampler``) is given the next epoch before each new pass,
+    so a shuffling sampler draws a new order; its epoch is set back to where it was
+    afterwards.
+
     Args:
         model (nn.Module): An mmengine ``BaseModel`` (e.g. an mmdet detector or an
             mmseg segmentor), possibly in a model wrapper.
-        data_loader (Iterable): Training batches (the train pipeline's statistics).
+        data_loader (Iterable): Training batches (the train pipeline's statistics); a
+            re-iterable (a ``DataLoader``, a list) when ``num_iters`` exceeds one pass.
         num_iters (int): Number of batches to use (> 0).
         logger (logging.Logger | str, optional): Where to log (see
             :func:`mmengine.logging.print_log`). Defaults to the current logger.
@@ -60,9 +71,10 @@ def recalibrate_bn(model: nn.Module,
         int: The number of recalibrated BatchNorm layers.
 
     Raises:
-        ValueError: If the model has no RepBN, ``num_iters`` is not positive or the
-            loader yields fewer than ``num_iters`` batches. In that case the running
-            statistics are restored, i.e. the model is left unchanged.
+        ValueError: If the model has no RepBN, ``num_iters`` is not positive, the loader
+            yields no batch, or it is a one-shot iterable (an iterator / generator)
+            exhausted before ``num_iters`` batches. In that case the running statistics
+            are restored, i.e. the model is left unchanged.
     """
     if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters <= 0:
         raise ValueError(f'num_iters must be a positive int, got {num_iters!r}')
@@ -82,28 +94,51 @@ def recalibrate_bn(model: nn.Module,
         bn.train()
         bn.momentum = None
         bn.reset_running_stats()
-    seen = 0
+    seen = passes = 0
+    sampler = _epoch_sampler(data_loader)
+    start_epoch = getattr(sampler, 'epoch', 0) if sampler is not None else 0
     try:
-        for data in data_loader:
-            _forward(model, data)
-            seen += 1
-            if seen == num_iters:
-                break
-        if seen < num_iters:
-            raise ValueError(f'the data loader yielded only {seen} batches, '
-                             f'{num_iters} were requested')
+        while seen < num_iters:
+            if passes and sampler is not None:
+                sampler.set_epoch(start_epoch + passes)
+            passes += 1
+            before = seen
+            for data in data_loader:
+                _forward(model, data)
+                seen += 1
+                if seen == num_iters:
+                    break
+            if seen == before:
+                if passes == 1:
+                    raise ValueError('the data loader yielded no batch')
+                raise ValueError(
+                    f'the data loader yielded only {seen} batches and none when iterated '
+                    f'again ({num_iters} were requested): pass a re-iterable loader (a '
+                    'DataLoader, a list), not a one-shot iterator')
     except BaseException:
         for bn, state in zip(bns, saved):
             bn.load_state_dict(state)
         raise
     finally:
+        if passes > 1 and sampler is not None:
+            sampler.set_epoch(start_epoch)
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
         for m, training in modes.items():
             m.training = training
-    print_log(f'Recalibrated {len(bns)} RepBN BatchNorm layers on {seen} batches.',
+    print_log(f'Recalibrated {len(bns)} RepBN BatchNorm layers on {seen} batches'
+              + (f' ({passes} passes over the data loader).' if passes > 1 else '.'),
               logger=logger)
     return len(bns)
+
+
+def _epoch_sampler(data_loader: Iterable) -> Optional[Any]:
+    """The loader's sampler with ``set_epoch`` (where mmengine's train loops look)."""
+    for sampler in (getattr(data_loader, 'sampler', None),
+                    getattr(getattr(data_loader, 'batch_sampler', None), 'sampler', None)):
+        if callable(getattr(sampler, 'set_epoch', None)):
+            return sampler
+    return None
 
 
 def recalibrate_checkpoint(config: Union[str, Config],
@@ -125,8 +160,10 @@ def recalibrate_checkpoint(config: Union[str, Config],
         checkpoint (str): Trained checkpoint (an mmengine checkpoint file).
         iters (int): Number of training batches for the statistics.
         out (str, optional): Output path. Defaults to
-            ``<checkpoint stem>_bnrecal.pth`` next to the input. It must differ
-            from ``checkpoint``: the input file is never overwritten.
+            ``<checkpoint stem>_bnrecal.pth`` next to the input. It must not be
+            (or resolve to, through symlinks / hard links) ``checkpoint`` or
+            ``config``: inputs are never overwritten. Written atomically (an
+            interrupted run leaves the old file or none).
         cfg_options (dict, optional): Overrides merged into the config.
 
     Returns:
@@ -134,8 +171,9 @@ def recalibrate_checkpoint(config: Union[str, Config],
     """
     if out is None:
         out = osp.splitext(checkpoint)[0] + '_bnrecal.pth'
-    if osp.realpath(out) == osp.realpath(checkpoint):
-        raise ValueError(f'refusing to overwrite the input checkpoint {checkpoint}')
+    check_outputs({'output checkpoint': out},
+                  {'checkpoint': checkpoint, 'config': config if isinstance(config, str) else None},
+                  'recalibrate_checkpoint')
     cfg = Config.fromfile(config) if isinstance(config, str) else config.copy()
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -146,12 +184,12 @@ def recalibrate_checkpoint(config: Union[str, Config],
     cfg.resume = False
 
     runner = Runner.from_cfg(cfg)
-    ckpt = load_checkpoint(runner.model, checkpoint, map_location='cpu', strict=True,
-                           logger=runner.logger)
+    ckpt = read_checkpoint(checkpoint, map_location='cpu', logger=runner.logger)
+    _load_checkpoint_to_model(runner.model, ckpt, strict=True, logger=runner.logger)
     recalibrate_bn(runner.model, runner.train_dataloader, iters, logger=runner.logger)
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     meta = dict(ckpt.get('meta', {}))
     meta['bn_recalibration'] = dict(iters=iters, source=osp.abspath(checkpoint))
-    save_checkpoint(dict(meta=meta, state_dict=weights_to_cpu(get_state_dict(model))), out)
+    atomic_save(dict(meta=meta, state_dict=weights_to_cpu(get_state_dict(model))), out)
     runner.logger.info(f'Saved the recalibrated checkpoint to {out}')
     return out

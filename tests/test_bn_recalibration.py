@@ -97,12 +97,73 @@ def test_recalibrate_bn_errors_leave_the_model_unchanged() -> None:
     with pytest.raises(ValueError, match='positive'):
         recalibrate_bn(model, loader(), 0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match='only 4 batches, 5 were requested'):
-        recalibrate_bn(model, loader(), 5)
+    with pytest.raises(ValueError, match='yielded no batch'):
+        recalibrate_bn(model, loader(length=0), 1)
+    # a one-shot iterator cannot be iterated again: 4 batches, then none
+    with pytest.raises(ValueError, match=r'only 4 batches and none when iterated again '
+                       r'\(5 were requested\).*not a one-shot iterator'):
+        recalibrate_bn(model, iter(loader()), 5)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert all(m.training for m in model.modules())
     assert {m.bn.momentum for m in model.modules() if isinstance(m, RepBN)} == {0.1}
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A sampler whose order depends on its epoch (like DefaultSampler with shuffle)."""
+
+    def __init__(self, length: int, epoch: int = 0) -> None:
+        self.length, self.epoch, self.calls = length, epoch, []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.calls.append(epoch)
+        self.epoch = epoch
+
+    def order(self, epoch: int) -> List[int]:
+        return torch.randperm(self.length, generator=torch.Generator().manual_seed(epoch)).tolist()
+
+    def __iter__(self):
+        return iter(self.order(self.epoch))
+
+    def __len__(self) -> int:
+        return self.length
+
+
+@pytest.mark.parametrize('where', ['sampler', 'batch_sampler'])
+def test_recalibrate_bn_cycles_the_loader(where: str) -> None:
+    """More batches than one pass holds: the loader is iterated again, each new pass with
+    the sampler's next epoch (a new order); the statistics are the cumulative average over
+    exactly ``num_iters`` batches, and the sampler's epoch is restored."""
+    data = ToyTokens(length=8)  # 2 batches of 4 per pass
+    sampler = EpochSampler(len(data), epoch=3)
+    if where == 'sampler':
+        dl = DataLoader(data, batch_size=4, sampler=sampler, collate_fn=default_collate)
+    else:
+        dl = DataLoader(data, batch_sampler=torch.utils.data.BatchSampler(sampler, 4, False),
+                        collate_fn=default_collate)
+    # batches of the passes at epochs 3, 4, 5 (the 5th batch ends the run mid-pass)
+    order = sampler.order(3) + sampler.order(4) + sampler.order(5)[:4]
+    batches = [torch.stack([data[i]['inputs'] for i in order[j:j + 4]]) for j in range(0, 20, 4)]
+    model = trained_toy()
+
+    assert recalibrate_bn(model, dl, 5) == 2
+
+    assert sampler.calls == [4, 5, 3] and sampler.epoch == 3
+    state = model.state_dict()
+    for key, value in expected_stats(model, batches).items():
+        torch.testing.assert_close(state[key].double(), value, rtol=1e-5, atol=1e-5)
+    assert state['norm0.norm2.bn.num_batches_tracked'] == 5
+
+
+def test_recalibrate_bn_cycles_a_plain_list() -> None:
+    """A re-iterable without a sampler (a list of batches) is cycled as it is."""
+    batches = list(loader(length=8))  # 2 batches
+    model = trained_toy()
+    recalibrate_bn(model, batches, 3)
+    state = model.state_dict()
+    want = expected_stats(model, [b['inputs'] for b in batches + batches[:1]])
+    for key, value in want.items():
+        torch.testing.assert_close(state[key].double(), value, rtol=1e-5, atol=1e-5)
 
 
 CONFIG = """
@@ -166,3 +227,17 @@ def test_cli(config_and_checkpoint, tmp_path: Path) -> None:
     recalibrate_bn(model, loader(batch_size=8), 2)
     for key, value in model.state_dict().items():
         assert torch.equal(saved['state_dict'][key], value), key
+
+
+def test_recalibrate_checkpoint_more_batches_than_an_epoch(config_and_checkpoint,
+                                                          tmp_path: Path) -> None:
+    """The config's train_dataloader (DefaultSampler, 4 batches an epoch) cycles: 6
+    batches give the statistics of the same 6 batches in-process."""
+    config, ckpt, model = config_and_checkpoint
+    out = recalibrate_checkpoint(str(config), str(ckpt), 6, out=str(tmp_path / 'recal6.pth'))
+    saved = torch.load(out, map_location='cpu', weights_only=False)
+    assert saved['meta']['bn_recalibration']['iters'] == 6
+    recalibrate_bn(model, loader(), 6)
+    for key, value in model.state_dict().items():
+        assert torch.equal(saved['state_dict'][key], value), key
+    assert saved['state_dict']['norm0.norm2.bn.num_batches_tracked'] == 6
