@@ -8,6 +8,11 @@
 # cached as a wheel in $MMSLAB_CACHE, default ~/.cache/mmslab), then mmengine, mmdet,
 # mmsegmentation, timm, openmim, pytest and mmslab itself (editable), then checks that
 # mmcv's ops run on CPU and that `mim` works.
+#
+# MMSLAB_EXTRAS: comma-separated optional extras of pyproject.toml to install besides
+# `tests`, e.g. `MMSLAB_EXTRAS=deploy` (ONNX Runtime + mmdeploy, what `make test` asks
+# for; `make demo` does not). The stamp records the extras, so asking for one that is not
+# installed yet runs the set-up again.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,6 +23,8 @@ TORCH_VERSION=2.5.1
 TORCHVISION_VERSION=0.20.1
 MMCV_VERSION=2.1.0
 STAMP="$VENV/.mmslab-setup-done"
+REQUESTED="${MMSLAB_EXTRAS:-}"
+EXTRAS="$(printf '%s\n' tests ${REQUESTED//,/ } | sort -u | paste -sd, -)"
 log() { printf '[setup_env] %s\n' "$*"; }
 
 PYTHON="${PYTHON:-python3}"
@@ -27,9 +34,15 @@ if [ ! -x "$PY" ]; then
 fi
 pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 
-# A stamp newer than every install input means there is nothing to do.
-if [ -f "$STAMP" ] && [ "$STAMP" -nt "$ROOT/pyproject.toml" ] && [ "$STAMP" -nt "$0" ]; then
-  log "environment up to date ($VENV)"
+# A stamp newer than every install input, listing every extra asked for, means there is
+# nothing to do.
+stamp_has_extras() {
+  local e
+  for e in ${EXTRAS//,/ }; do grep -qx "extra=$e" "$STAMP" || return 1; done
+}
+if [ -f "$STAMP" ] && [ "$STAMP" -nt "$ROOT/pyproject.toml" ] && [ "$STAMP" -nt "$0" ] \
+    && stamp_has_extras; then
+  log "environment up to date ($VENV, extras $EXTRAS)"
   exit 0
 fi
 
@@ -65,8 +78,9 @@ else
 fi
 pip_install "$MMCV_WHEEL"
 
-log "installing mmslab (editable) with mmengine, mmdet, mmsegmentation, timm, openmim, pytest"
-pip_install -e "$ROOT[tests]"
+log "installing mmslab (editable) with mmengine, mmdet, mmsegmentation, timm, openmim" \
+  "and the extras $EXTRAS"
+pip_install -e "$ROOT[$EXTRAS]"
 
 log "self-check: mmcv ops on CPU, mim"
 "$PY" - <<'PY'
@@ -85,5 +99,33 @@ print(f'torch {torch.__version__}  mmcv {mmcv.__version__}  mmengine {mmengine._
       f'mmdet {mmdet.__version__}  mmseg {mmseg.__version__}  mmslab {mmslab.__version__}')
 PY
 "$PY" -m mim --version >/dev/null || { log "mim does not run"; exit 1; }
-touch "$STAMP"
+if [[ ",$EXTRAS," == *,deploy,* ]]; then
+  log "self-check (deploy): onnxruntime runs mmdeploy's custom-op library"
+  "$PY" - <<'PY'
+import ctypes
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+import mmdeploy
+from mmdeploy.backend.onnxruntime.init_plugins import get_lib_path, get_ops_path
+ctypes.CDLL(get_lib_path())  # as mmdeploy's ORTWrapper does
+node = helper.make_node('grid_sampler', ['x', 'grid'], ['y'], domain='mmdeploy',
+                        interpolation_mode=0, padding_mode=0, align_corners=1)
+info = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)  # noqa: E731
+graph = helper.make_graph([node], 'g', [info('x'), info('grid')], [info('y')])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17),
+                                                helper.make_opsetid('mmdeploy', 1)])
+opts = ort.SessionOptions()
+opts.register_custom_ops_library(get_ops_path())
+sess = ort.InferenceSession(model.SerializeToString(), opts, providers=['CPUExecutionProvider'])
+x = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
+grid = np.array([[[[-1, -1], [1, 1]]]], dtype=np.float32)  # corners (align_corners=1)
+y = sess.run(None, {'x': x, 'grid': grid})[0]
+assert np.allclose(y.ravel(), [0, 3]), y
+print(f'onnxruntime {ort.__version__}  onnx {onnx.__version__}  mmdeploy {mmdeploy.__version__}'
+      ' (custom ops run)')
+PY
+fi
+printf 'extra=%s\n' ${EXTRAS//,/ } >"$STAMP"
 log "environment ready: $VENV"

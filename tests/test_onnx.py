@@ -1,0 +1,190 @@
+"""ONNX export of the folded SLAB backbones, checked in ONNX Runtime (CPU) at sizes and
+batches other than the export's; the export tool (released files, protected inputs,
+atomic output); the ORT latency benchmark; mmdeploy's custom-op library in our ORT.
+
+Needs the ``deploy`` extra (``make test`` installs it); skipped without onnxruntime.
+"""
+import importlib.util
+import json
+import os
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+ort = pytest.importorskip('onnxruntime')
+onnx = pytest.importorskip('onnx')
+
+from mmslab.models import RepBN, SLABPVT, SLABSwin  # noqa: E402
+from mmslab.onnx_export import export_backbone  # noqa: E402
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+MINIS = {
+    'pvt_LLLL': (SLABPVT, dict(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1])),
+    'pvt_SSSS': (SLABPVT, dict(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1],
+                               attn_types='SSSS')),
+    'swin_LLSS': (SLABSwin, dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])),
+    # small windows: every stage padded, shifted and masked at these sizes
+    'swin_LSLS_small_windows': (SLABSwin, dict(embed_dims=16, depths=[2, 2, 2, 2],
+                                               num_heads=[1, 2, 4, 8], attn_types='LSLS',
+                                               window_sizes=(8, 5, 4, 3))),
+}
+EXPORT_SHAPE = (1, 3, 96, 128)
+# none is the export shape; odd sizes (not multiples of patch / window), batch 1 and 2
+CHECK_SHAPES = [(1, 3, 67, 93), (2, 3, 128, 75), (1, 3, 161, 97), (2, 3, 33, 250)]
+
+
+def random_model(cls, kw, seed=0):
+    """The from-scratch init (well conditioned in float32: the check measures the export,
+    not float32 noise of saturated softmaxes) with random biases, position tables, SLA
+    positional encodings, RepBN affines, statistics and alphas (every fold term matters)."""
+    torch.manual_seed(seed)
+    model = cls(**kw)
+    model.init_weights()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and name.endswith('weight'):  # norm scales
+                p.normal_(1.0, 0.1)
+            elif p.dim() == 1 or name.endswith(('pos_embed', 'positional_encoding')):
+                p.normal_(0.0, 0.1)
+        for m in model.modules():
+            if isinstance(m, RepBN):
+                m.bn.running_mean.normal_(0, 0.5)
+                m.bn.running_var.uniform_(0.5, 2.0)
+                m.alpha.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def leftovers(folder):
+    return [f for f in os.listdir(folder) if f.endswith('.tmp')]
+
+
+@pytest.mark.parametrize('name', list(MINIS))
+def test_folded_backbone_onnx_matches_torch_at_other_sizes(name, tmp_path):
+    cls, kw = MINIS[name]
+    model = random_model(cls, kw)
+    unfolded = random_model(cls, kw)
+    out = str(tmp_path / f'{name}.onnx')
+    report = export_backbone(model, out, EXPORT_SHAPE, CHECK_SHAPES, threads=1)
+    assert report.folded_now and model.deploy
+    assert report.passed and report.max_rel_error <= 1e-4, report.table()
+    assert [c.shape for c in report.checks] == CHECK_SHAPES
+    # the file: opset 17, dynamic batch / height / width, one output per stage
+    m = onnx.load(out)
+    assert {o.domain: o.version for o in m.opset_import}[''] == 17
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ['batch', '', 'height', 'width']
+    assert [o.name for o in m.graph.output] == ['out0', 'out1', 'out2', 'out3']
+    assert not leftovers(tmp_path)
+    # the folded graph computes the *unfolded* model too (the fold is exact)
+    sess = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
+    x = torch.randn(2, 3, 75, 61)
+    with torch.no_grad():
+        ref = unfolded(x)
+    for r, o in zip(ref, sess.run(None, {'input': x.numpy()})):
+        assert o.shape == tuple(r.shape)
+        assert np.abs(o - r.numpy()).max() / r.abs().max().item() <= 1e-4
+
+
+def test_export_refuses_its_inputs_and_writes_nothing_on_failure(tmp_path):
+    cls, kw = MINIS['pvt_LLLL']
+    ckpt = tmp_path / 'backbone.pth'
+    ckpt.write_bytes(b'weights')
+    link = tmp_path / 'link.onnx'
+    link.symlink_to(ckpt)
+    for out in (ckpt, link):
+        with pytest.raises(ValueError, match='refusing to overwrite the input checkpoint'):
+            export_backbone(random_model(cls, kw), str(out), EXPORT_SHAPE, CHECK_SHAPES[:1],
+                            inputs={'checkpoint': str(ckpt)})
+    assert ckpt.read_bytes() == b'weights'
+    # a check that fails (impossible tolerance) raises before anything is written
+    out = tmp_path / 'failed.onnx'
+    with pytest.raises(RuntimeError, match='does not match PyTorch; not writing'):
+        export_backbone(random_model(cls, kw), str(out), EXPORT_SHAPE, CHECK_SHAPES[:1],
+                        rtol=1e-30)
+    assert not out.exists() and not leftovers(tmp_path)
+    # an existing file is replaced whole
+    out.write_bytes(b'old')
+    export_backbone(random_model(cls, kw), str(out), EXPORT_SHAPE, CHECK_SHAPES[:1])
+    assert onnx.load(str(out)).graph.node and not leftovers(tmp_path)
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tools', f'{name}.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize('family,release', [('pvt', 'slab_pvt_tiny'), ('swin', 'slab_swin_tiny')])
+def test_export_tool_released_imagenet_file(family, release, release_checkpoint, tmp_path,
+                                            capsys):
+    """`tools/export_onnx.py --family F --arch tiny --checkpoint <release file>`: the full-size
+    SLAB-T backbone from a release-format file (synthesised from its key list)."""
+    out, report = tmp_path / f'{release}.onnx', tmp_path / 'report.json'
+    rc = _tool('export_onnx').main([
+        str(out), '--family', family, '--arch', 'tiny', '--checkpoint',
+        release_checkpoint(release), '--shape', '1x3x128x160', '--check-shapes',
+        '1x3x97x131', '2x3x160x96', '1x3x67x257', '--threads', '2', '--report', str(report)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert 'passed' in text and f'wrote {out}' in text
+    rep = json.loads(report.read_text())
+    assert rep['passed'] and rep['folded_now'] and rep['max_rel_error'] <= 1e-4
+    assert len(rep['checks']) == 3 and osp.getsize(out) > 10 * 2 ** 20  # full-size weights
+
+
+def test_export_tool_refuses_shapes_equal_to_export(tmp_path):
+    with pytest.raises(SystemExit):
+        _tool('export_onnx').main([str(tmp_path / 'x.onnx'), '--family', 'pvt',
+                                   '--checkpoint', 'x.pth', '--shape', '1x3x64x64',
+                                   '--check-shapes', '64x64'])
+
+
+def test_benchmark_ort_smoke(tmp_path):
+    """`tools/benchmark.py --ort`: ONNX Runtime next to PyTorch, mini widths."""
+    from mmslab.benchmark import MODELS, main
+    models = ['slab_pvt_t_deploy', 'pvt_t', 'slab_swin_t_deploy', 'swin_t']
+    res = main(['--ort', '--mini', '--models', *models, '--sizes', '64x64', '72x56',
+                '--repeat', '1', '--warmup', '0', '--threads', '1', '--out-dir',
+                str(tmp_path)])
+    table = res.table()
+    for name in models:
+        for size in ('64x64', '72x56'):
+            assert f'| {MODELS[name]} | {size} |' in table
+    for t in res.timings:
+        assert len(t.torch_times) == 1 and len(t.ort_times) == 1, t
+        assert t.rel_error <= 1e-4, t
+        if t.model.startswith('slab'):  # one dynamic graph holds for every size
+            assert t.graph == 'dynamic', t
+    assert (tmp_path / 'ort.md').read_text().startswith('ONNX Runtime')
+    assert json.loads((tmp_path / 'ort.json').read_text())['threads'] == 1
+
+
+def test_mmdeploy_custom_ops_run_in_our_onnxruntime():
+    """mmdeploy 1.3.1's ORT op library is built against ORT 1.15.1 (and ships that
+    libonnxruntime); it must register and compute in the onnxruntime we install."""
+    import ctypes
+
+    from onnx import TensorProto, helper
+    from mmdeploy.backend.onnxruntime.init_plugins import get_lib_path, get_ops_path
+    assert osp.exists(get_ops_path())
+    ctypes.CDLL(get_lib_path())  # as mmdeploy's ORTWrapper does
+    node = helper.make_node('grid_sampler', ['x', 'grid'], ['y'], domain='mmdeploy',
+                            interpolation_mode=0, padding_mode=0, align_corners=0)
+    info = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)  # noqa: E731
+    graph = helper.make_graph([node], 'g', [info('x'), info('grid')], [info('y')])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17),
+                                                    helper.make_opsetid('mmdeploy', 1)])
+    opts = ort.SessionOptions()
+    opts.register_custom_ops_library(get_ops_path())
+    sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=['CPUExecutionProvider'])
+    x = torch.randn(2, 3, 9, 11)
+    grid = torch.rand(2, 5, 7, 2) * 2.2 - 1.1
+    y = sess.run(None, {'x': x.numpy(), 'grid': grid.numpy()})[0]
+    ref = F.grid_sample(x, grid, 'bilinear', 'zeros', align_corners=False)
+    assert np.abs(y - ref.numpy()).max() < 1e-5
