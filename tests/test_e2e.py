@@ -36,6 +36,7 @@ DEPLOY = osp.join(ROOT, 'tools', 'deploy.py')
 IMAGE_SIZE = 128
 NUM_TRAIN, NUM_VAL = 8, 4
 TRAIN_ITERS = 4
+PVT_DECAY = 0.5  # PRepBNHook decay of the mini SLAB-PVT detector runs (fraction of max_iters)
 SUBPROCESS_TIMEOUT = 900
 # mini backbones (SLAB-PVT-T / SLAB-Swin-T layouts, much narrower and shallower)
 PVT_MINI = dict(embed_dims=[16, 32, 40, 64], num_heads=[1, 2, 5, 8], mlp_ratios=[8, 8, 4, 4],
@@ -201,9 +202,6 @@ val_cfg = None
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2)]
-# the LayerNorm -> RepBN schedule ends (lam = 0) before the last iteration: the final
-# checkpoint is a converged, foldable model
-custom_hooks = [dict(type='PRepBNHook', r0=1.0, warmup_iters=0, decay_iters=0.5)]
 default_hooks = dict(
     logger=dict(interval=1),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=2))
@@ -241,10 +239,13 @@ def ade_root(e2e_dir):
 @pytest.fixture(scope='module')
 def det_pvt_cfg(e2e_dir, coco_root):
     """The demo Mask R-CNN + SLAB-PVT config (PRepBN schedule LayerNorm -> RepBN,
-    norm_eval=False) with a mini SLAB-PVT."""
+    norm_eval=False) with a mini SLAB-PVT. The schedule decays over half of the run
+    (``PVT_DECAY``), so that lam reaches 0 before the last iteration: the final checkpoint
+    is a converged model that folds (tools/deploy.py refuses lam != 0)."""
     return write_config(
         osp.join(e2e_dir, 'mask_rcnn_slab_pvt_mini.py'), DEMO_DET,
-        'backbone_override = dict(pretrain_img_size=image_size, **backbone)\n' + DET_BODY,
+        'backbone_override = dict(pretrain_img_size=image_size, **backbone)\n' + DET_BODY
+        + f"custom_hooks = [dict(type='PRepBNHook', r0=1.0, decay_iters={PVT_DECAY})]\n",
         data_root=coco_root, image_size=IMAGE_SIZE, classes=CLASSES, max_iters=TRAIN_ITERS,
         backbone=PVT_MINI, backbone_channels=PVT_MINI_CHANNELS)
 
@@ -277,9 +278,11 @@ def test_mim_train_test_mask_rcnn_slab_pvt(det_pvt_trained, det_pvt_tested):
     SLAB-PVT Mask R-CNN trained for a few iterations."""
     work_dir = det_pvt_trained['work_dir']
     records = check_training_log(work_dir, 1, TRAIN_ITERS)
-    # the demo's PRepBN schedule ran: lam decays from 1 (LayerNorm) towards 0 (RepBN)
+    # the PRepBN schedule ran: lam decays from 1 (LayerNorm) to 0 (RepBN)
     lams = [r['prepbn_lam'] for r in records]
-    assert lams[0] == pytest.approx(1.0) and all(a > b for a, b in zip(lams, lams[1:]))
+    assert lams == pytest.approx([max(0.0, 1 - i / (PVT_DECAY * TRAIN_ITERS))
+                                  for i in range(TRAIN_ITERS)], abs=1e-6)
+    assert lams[-1] == 0.0
     ckpt = load_ckpt(det_pvt_trained['ckpt'])
     assert ckpt['meta']['iter'] == TRAIN_ITERS
     assert ckpt['meta']['dataset_meta']['classes'] == CLASSES
@@ -344,10 +347,11 @@ def test_mim_train_resume(e2e_dir, det_pvt_cfg, det_pvt_trained):
     # only the new iterations ran
     records = check_training_log(work_dir, TRAIN_ITERS + 1, more)
     # PRepBNHook is keyed on runner.iter: lam of the resumed iterations follows the new
-    # max_iters (decay over 0.8 * max_iters, the demo's setting)
+    # max_iters (decay over PVT_DECAY * max_iters)
     for r in records:
         i = r['iter'] - 1
-        assert r['prepbn_lam'] == pytest.approx(max(0.0, 1 - i / (0.8 * more)), abs=1e-3)
+        assert r['prepbn_lam'] == pytest.approx(max(0.0, 1 - i / (PVT_DECAY * more)),
+                                                abs=1e-3)
 
     final = load_ckpt(osp.join(work_dir, f'iter_{more}.pth'))
     assert final['meta']['iter'] == more
