@@ -8,7 +8,6 @@ from mmslab.benchmark import (MODELS, PRESETS, BenchmarkResult, Case, Measuremen
                               main)
 from mmslab.models import SimplifiedLinearAttention
 
-pytest.importorskip('mmdet')
 
 
 def test_benchmark_smoke(tmp_path):
