@@ -104,6 +104,9 @@ test_cfg = dict(type='TestLoop', fp16=True)
         backbone=PVT_MINI, backbone_channels=PVT_MINI_CHANNELS)
     cfg = Config.fromfile(cfg_file)
     cfg.work_dir = osp.join(amp_dir, 'work')
+    # mmdet's configs name their visualizer 'visualizer', and mmengine hands out an existing
+    # instance of that name: a Runner built earlier in this process would keep the logs
+    cfg.visualizer.name = f'mmslab_e2e_amp_{osp.basename(amp_dir)}_{id(cfg)}'
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
     assert cfg.optim_wrapper.optimizer.type == 'AdamW'  # the demo's, kept
 
