@@ -40,6 +40,9 @@ Variants (``VARIANTS``; ``(a)``-``(d)`` are the issue's names):
   it is evaluated and folded.
 * ``prepbn_late`` (d3): LayerNorm for the first half of the run (``warmup_iters``), the
   decay to RepBN from 0.5 to 0.8 of the run, pure RepBN for the last fifth.
+* ``ln_pvtinit`` (control), ``prepbn_pvtinit`` (d4), ``early_pvtinit`` (d5),
+  ``bn_pvtinit`` (d6): (a), (b), (d1), (c) with the attention projections and MLP
+  initialised as mmdet's PVT initialises its own (:class:`MMDetPVTInitHook`).
 * ``pvt_ln``, ``pvt_prepbn`` (controls): ``SLABPVT(attn_types='SSSS')``, i.e. PVT's
   softmax spatial-reduction attention in our backbone, with LayerNorm kept (as (a)) and
   with PRepBN -> BN (as (b), = PVT-PRepBN): they tell the cost of the norm apart from
@@ -59,6 +62,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+import torch.nn as nn
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
@@ -96,6 +100,37 @@ class FreezeRepBNStatsHook(Hook):
                 m.bn.eval()
 
 
+@HOOKS.register_module()
+class MMDetPVTInitHook(Hook):
+    """Re-initialise the backbone's attention input projections and MLP like mmdet's
+    ``PyramidVisionTransformer`` from scratch (before the first iteration; not on resume):
+    ``q`` / ``kv`` / ``qkv`` xavier-uniform over the joint ``(3C, C)`` projection (mmdet
+    PVT's ``nn.MultiheadAttention.in_proj``, which its init loop does not touch), MLP
+    ``fc1`` / ``fc2`` fan-out normal (mmdet PVT's 1x1 convs), zero biases. mmslab's init
+    (the release's) gives every Linear a truncated normal of std 0.02: 6x (q/kv) to 12x
+    (fc2) smaller weights at the study's width."""
+
+    priority = 'VERY_HIGH'
+
+    def before_train(self, runner) -> None:
+        if runner.iter > 0:
+            return
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        for name, m in model.backbone.named_modules():
+            if not isinstance(m, nn.Linear):
+                continue
+            leaf = name.rsplit('.', 1)[-1]
+            if leaf in ('q', 'kv', 'qkv'):
+                bound = math.sqrt(6.0 / (m.in_features + 3 * m.in_features))
+                nn.init.uniform_(m.weight, -bound, bound)
+            elif leaf in ('fc1', 'fc2'):
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / m.out_features))
+            else:
+                continue
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 def _prepbn(r0: float = 1.0, warmup_iters: int = 0, decay_iters=0.8) -> dict:
     return dict(type='PRepBNHook', r0=r0, warmup_iters=warmup_iters, decay_iters=decay_iters)
 
@@ -111,7 +146,7 @@ VARIANTS: Dict[str, dict] = {
         hooks=[], foldable=False),
     'ln_kept': dict(label='(a) SLAB-PVT, LayerNorm kept (lam = 1)',
                     hooks=[_prepbn(1.0, NEVER, 1)], foldable=False),
-    'prepbn_bn': dict(label='(b) SLAB-PVT, PRepBN LN -> BN over 0.8 of the run (demo until now)',
+    'prepbn_bn': dict(label="(b) SLAB-PVT, PRepBN LN -> BN over 0.8 of the run (the demo's)",
                       hooks=[_prepbn(1.0, 0, 0.8)], foldable=True),
     'bn_scratch': dict(label='(c) SLAB-PVT, RepBN from the start (r0 = 0)',
                        hooks=[_prepbn(0.0)], foldable=True),
@@ -128,13 +163,27 @@ VARIANTS: Dict[str, dict] = {
     'pvt_ln': dict(
         label="(control) SLABPVT(attn_types='SSSS'), LayerNorm kept (lam = 1)",
         backbone=dict(attn_types='SSSS'), hooks=[_prepbn(1.0, NEVER, 1)], foldable=False),
+    # (b) with mmdet PVT's initialisation of the attention projections and the MLP
+    'prepbn_pvtinit': dict(
+        label="(d4) (b) with mmdet PVT's init (xavier q/kv, fan-out normal MLP)",
+        hooks=[_prepbn(1.0, 0, 0.8), dict(type='MMDetPVTInitHook')], foldable=True),
+    'early_pvtinit': dict(
+        label="(d5) (d1) with mmdet PVT's init",
+        hooks=[_prepbn(1.0, 0, 0.5), dict(type='MMDetPVTInitHook')], foldable=True),
+    'bn_pvtinit': dict(
+        label="(d6) (c) with mmdet PVT's init",
+        hooks=[_prepbn(0.0), dict(type='MMDetPVTInitHook')], foldable=True),
+    'ln_pvtinit': dict(
+        label="(control) (a) with mmdet PVT's init",
+        hooks=[_prepbn(1.0, NEVER, 1), dict(type='MMDetPVTInitHook')], foldable=False),
     # hooks as a function of the run length: PRepBNHook's warmup_iters is a count
     'prepbn_late': dict(
         label='(d3) SLAB-PVT, LayerNorm until 0.5 of the run, LN -> BN from 0.5 to 0.8',
         hooks=lambda iters: [_prepbn(1.0, iters // 2, round(0.3 * iters))], foldable=True),
 }
 DEFAULT_VARIANTS = ('pvt_t', 'ln_kept', 'prepbn_bn', 'bn_scratch', 'prepbn_early',
-                    'prepbn_freeze', 'prepbn_late', 'pvt_ln', 'pvt_prepbn')
+                    'prepbn_freeze', 'prepbn_late', 'pvt_ln', 'pvt_prepbn', 'ln_pvtinit',
+                    'prepbn_pvtinit', 'early_pvtinit', 'bn_pvtinit')
 DEFAULT_RECAL_VARIANTS = ('prepbn_bn', 'prepbn_late')
 
 CONFIG_TEMPLATE = '''_base_ = [{base!r}]
@@ -405,8 +454,8 @@ def main(argv: Optional[List[str]] = None) -> str:
              '[32, 64, 128, 256], depths [1, 1, 2, 1]) and heads with 64 sampled anchors / RoIs '
              'and 100 proposals per image; box / mask AP on the val '
              'split, mean ± sample std over the seeds; s/iter: training time per iteration '
-             f'({args.threads} torch thread(s)) of the fastest seed (the machine was shared: other '
-             'seeds ran under load).')
+             f'({args.threads} thread(s) per run) of the fastest seed (the machine was shared: '
+             'other seeds ran under load).')
     text = table(results, command.strip(), setup)
     out = args.out or osp.join(work_root, 'table.md')
     with open(out, 'w') as f:

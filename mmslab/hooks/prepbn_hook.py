@@ -18,7 +18,7 @@ class PRepBNHook(Hook):
     ``lam`` mixes the two norms of PRepBN during training,
     ``lam * LayerNorm(x) + (1 - lam) * RepBN(x)``: it starts at ``r0`` (pure
     LayerNorm for ``r0 = 1``) and decays linearly to 0 (pure RepBN, which is also
-    what eval mode always uses). With ``i = runner.iter`` at the start of an
+    what a converged model evaluates and folds as). With ``i = runner.iter`` at the start of an
     iteration (0-based)::
 
         lam(i) = r0                                           if i < warmup_iters
@@ -107,8 +107,9 @@ class PRepBNHook(Hook):
             final = self.lam_at(runner.max_iters - 1, runner.max_iters)
             runner.logger.warning(
                 f'PRepBNHook: the lam decay ends at iteration {end:g}, after the last '
-                f'one ({runner.max_iters}); training ends with lam={final:.4g} > 0 '
-                'while eval mode uses RepBN only.')
+                f'one ({runner.max_iters}); training ends with lam={final:.4g} > 0: the '
+                'model is evaluated with that mix of LayerNorm and RepBN, and cannot be '
+                'folded (tools/deploy.py) until lam reaches 0.')
 
     def before_train_iter(self,
                           runner,
