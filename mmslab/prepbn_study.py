@@ -1,5 +1,5 @@
 """The PRepBN from-scratch study (issue 13): which norm schedule should a SLAB-PVT trained
-from scratch use?
+from scratch use, with which init?
 
 Trains Mask R-CNN from scratch on the synthetic shapes set (:mod:`mmslab.datasets`, the
 demo's data at a smaller size) with the demo config (``configs/demo/
@@ -21,37 +21,35 @@ so an interrupted study resumes where it stopped.
 Defaults: 300 iterations of batch 4 at 128 px (200 training / 50 val images), one torch
 thread per run (on a shared CPU, two OpenMP threads that are descheduled in turn run
 many times slower than one), 3 seeds, BN recalibration over 100 batches (two passes
-over the training set) for ``prepbn_bn`` and ``prepbn_late``.
+over the training set) for ``prepbn_bn`` and ``bn_alpha0_pvtinit``.
 
-Variants (``VARIANTS``; ``(a)``-``(d)`` are the issue's names):
+Variants (``VARIANTS``; ``(a)``-``(d)`` are the issue's names). Every SLAB-PVT variant
+states its backbone ``init_cfg``: ``None`` (the release's init: truncated normal std
+0.02 on every Linear, RepBN ``alpha = 1``) unless it names ``SLABScratch`` settings
+(:class:`mmslab.models.weight_init.SLABScratchInit`).
 
 * ``pvt_t``: mmdet's stock ``PyramidVisionTransformer`` (PVT v1: softmax attention with
   spatial reduction, LayerNorm) at the width and depth of the demo's SLAB-PVT.
 * ``ln_kept`` (a): SLAB-PVT keeping LayerNorm (``PRepBNHook`` lam = 1 throughout);
   evaluated as LayerNorm (eval mode honours lam). Not foldable.
-* ``prepbn_bn`` (b): the demo's schedule, LayerNorm -> RepBN over the first 80% of the
-  run (``r0=1, decay_iters=0.8``).
+* ``prepbn_bn`` (b): LayerNorm -> RepBN over the first 80% of the run (``r0=1,
+  decay_iters=0.8``).
 * ``bn_scratch`` (c): RepBN from the first iteration (``r0=0``).
-* ``prepbn_early`` (d1): the decay ends at half the run (``decay_iters=0.5``): the last
-  half trains the pure-RepBN network it will be evaluated as.
-* ``prepbn_freeze`` (d2): ``decay_iters=0.6``, then from 80% of the run RepBN's
-  BatchNorms use their running statistics while the weights keep training
-  (:class:`FreezeRepBNStatsHook`): the last iterations train the network exactly as
-  it is evaluated and folded.
-* ``prepbn_late`` (d3): LayerNorm for the first half of the run (``warmup_iters``), the
+* ``prepbn_early`` (d1): the decay ends at half the run (``decay_iters=0.5``).
+* ``prepbn_late`` (d2): LayerNorm for the first half of the run (``warmup_iters``), the
   decay to RepBN from 0.5 to 0.8 of the run, pure RepBN for the last fifth.
-* ``ln_pvtinit`` (control), ``prepbn_pvtinit`` (d4), ``early_pvtinit`` (d5),
-  ``bn_pvtinit`` (d6): (a), (b), (d1), (c) with the attention projections and MLP
-  initialised as mmdet's PVT initialises its own (:class:`MMDetPVTInitHook`).
-* ``pvt_ln``, ``pvt_prepbn`` (controls): ``SLABPVT(attn_types='SSSS')``, i.e. PVT's
-  softmax spatial-reduction attention in our backbone, with LayerNorm kept (as (a)) and
-  with PRepBN -> BN (as (b), = PVT-PRepBN): they tell the cost of the norm apart from
-  the cost of the attention.
+* ``ln_pvtinit`` (control), ``prepbn_pvtinit`` (d3), ``bn_pvtinit`` (d4): (a), (b), (c)
+  with ``SLABScratch(linear='mmdet_pvt')``: the attention input projections and the MLP
+  initialised as mmdet's PVT initialises its own.
+* ``bn_alpha0`` (d5): (c) with ``SLABScratch(repbn_alpha=0)``: RepBN starts as a BN.
+* ``bn_alpha0_pvtinit`` (d6), ``prepbn_alpha0_pvtinit`` (d7), ``early_alpha0_pvtinit``
+  (d8): (c), (b), (d1) with both, ``SLABScratch(linear='mmdet_pvt', repbn_alpha=0)``.
 * BN recalibration (``--recal-iters``, on the checkpoints of ``--recal-variants``):
   the statistics re-estimated over N training batches (the loader cycles when N is more
   than an epoch), everything else unchanged; reported as ``<variant> + BN recal N``.
 """
 import argparse
+import glob
 import json
 import math
 import os
@@ -62,12 +60,6 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-import torch.nn as nn
-from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS
-
-from mmslab.validation import check_float
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIG = osp.join(ROOT, 'configs', 'demo', 'mask_rcnn_slab_pvt_demo.py')
@@ -77,65 +69,16 @@ DEMO_WIDTH = dict(embed_dims=[32, 64, 128, 256], num_heads=[1, 2, 4, 8],
 NEVER = 10**9  # warmup_iters that outlasts any run: lam stays at r0
 
 
-@HOOKS.register_module()
-class FreezeRepBNStatsHook(Hook):
-    """From ``begin`` (a fraction of ``runner.max_iters``) on, every RepBN BatchNorm of the
-    model normalises with its running statistics (eval mode) while the weights keep
-    training, so that the last iterations train the function that evaluation and the
-    deploy fold use. Keyed on ``runner.iter`` (resumable); set before every iteration
-    (train loops switch the model back to train mode at each epoch)."""
-
-    priority = 'LOW'  # after PRepBNHook
-
-    def __init__(self, begin: float = 0.8) -> None:
-        self.begin = check_float(type(self).__name__, 'begin', begin, min=0, max=1)
-
-    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-        if runner.iter < self.begin * runner.max_iters:
-            return
-        from mmslab.models.norms import RepBN
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        for m in model.modules():
-            if isinstance(m, RepBN):
-                m.bn.eval()
-
-
-@HOOKS.register_module()
-class MMDetPVTInitHook(Hook):
-    """Re-initialise the backbone's attention input projections and MLP like mmdet's
-    ``PyramidVisionTransformer`` from scratch (before the first iteration; not on resume):
-    ``q`` / ``kv`` / ``qkv`` xavier-uniform over the joint ``(3C, C)`` projection (mmdet
-    PVT's ``nn.MultiheadAttention.in_proj``, which its init loop does not touch), MLP
-    ``fc1`` / ``fc2`` fan-out normal (mmdet PVT's 1x1 convs), zero biases. mmslab's init
-    (the release's) gives every Linear a truncated normal of std 0.02: 6x (q/kv) to 12x
-    (fc2) smaller weights at the study's width."""
-
-    priority = 'VERY_HIGH'
-
-    def before_train(self, runner) -> None:
-        if runner.iter > 0:
-            return
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        for name, m in model.backbone.named_modules():
-            if not isinstance(m, nn.Linear):
-                continue
-            leaf = name.rsplit('.', 1)[-1]
-            if leaf in ('q', 'kv', 'qkv'):
-                bound = math.sqrt(6.0 / (m.in_features + 3 * m.in_features))
-                nn.init.uniform_(m.weight, -bound, bound)
-            elif leaf in ('fc1', 'fc2'):
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / m.out_features))
-            else:
-                continue
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+def _scratch(linear: str, repbn_alpha: float = 1.0) -> dict:
+    # _delete_: replaces whatever init_cfg the demo config has (None or a dict)
+    return dict(_delete_=True, type='SLABScratch', linear=linear, repbn_alpha=repbn_alpha)
 
 
 def _prepbn(r0: float = 1.0, warmup_iters: int = 0, decay_iters=0.8) -> dict:
     return dict(type='PRepBNHook', r0=r0, warmup_iters=warmup_iters, decay_iters=decay_iters)
 
 
-#: name -> (label, backbone override of the demo config, custom_hooks)
+#: name -> label, backbone override of the demo config, custom_hooks, foldable
 VARIANTS: Dict[str, dict] = {
     'pvt_t': dict(
         label='mmdet PVT-T (LayerNorm, softmax SR attention)',
@@ -146,49 +89,50 @@ VARIANTS: Dict[str, dict] = {
         hooks=[], foldable=False),
     'ln_kept': dict(label='(a) SLAB-PVT, LayerNorm kept (lam = 1)',
                     hooks=[_prepbn(1.0, NEVER, 1)], foldable=False),
-    'prepbn_bn': dict(label="(b) SLAB-PVT, PRepBN LN -> BN over 0.8 of the run (the demo's)",
+    'prepbn_bn': dict(label='(b) SLAB-PVT, PRepBN LN -> BN over 0.8 of the run',
                       hooks=[_prepbn(1.0, 0, 0.8)], foldable=True),
     'bn_scratch': dict(label='(c) SLAB-PVT, RepBN from the start (r0 = 0)',
                        hooks=[_prepbn(0.0)], foldable=True),
     'prepbn_early': dict(label='(d1) SLAB-PVT, PRepBN LN -> BN over 0.5 of the run',
                          hooks=[_prepbn(1.0, 0, 0.5)], foldable=True),
-    'prepbn_freeze': dict(
-        label='(d2) SLAB-PVT, PRepBN LN -> BN over 0.6, BN statistics frozen from 0.8',
-        hooks=[_prepbn(1.0, 0, 0.6), dict(type='FreezeRepBNStatsHook', begin=0.8)],
-        foldable=True),
-    # control: PVT's own attention with PRepBN (separates the norm from the attention)
-    'pvt_prepbn': dict(
-        label="(control) PVT-PRepBN: SLABPVT(attn_types='SSSS'), LN -> BN over 0.8",
-        backbone=dict(attn_types='SSSS'), hooks=[_prepbn(1.0, 0, 0.8)], foldable=True),
-    'pvt_ln': dict(
-        label="(control) SLABPVT(attn_types='SSSS'), LayerNorm kept (lam = 1)",
-        backbone=dict(attn_types='SSSS'), hooks=[_prepbn(1.0, NEVER, 1)], foldable=False),
-    # (b) with mmdet PVT's initialisation of the attention projections and the MLP
-    'prepbn_pvtinit': dict(
-        label="(d4) (b) with mmdet PVT's init (xavier q/kv, fan-out normal MLP)",
-        hooks=[_prepbn(1.0, 0, 0.8), dict(type='MMDetPVTInitHook')], foldable=True),
-    'early_pvtinit': dict(
-        label="(d5) (d1) with mmdet PVT's init",
-        hooks=[_prepbn(1.0, 0, 0.5), dict(type='MMDetPVTInitHook')], foldable=True),
-    'bn_pvtinit': dict(
-        label="(d6) (c) with mmdet PVT's init",
-        hooks=[_prepbn(0.0), dict(type='MMDetPVTInitHook')], foldable=True),
-    'ln_pvtinit': dict(
-        label="(control) (a) with mmdet PVT's init",
-        hooks=[_prepbn(1.0, NEVER, 1), dict(type='MMDetPVTInitHook')], foldable=False),
     # hooks as a function of the run length: PRepBNHook's warmup_iters is a count
     'prepbn_late': dict(
-        label='(d3) SLAB-PVT, LayerNorm until 0.5 of the run, LN -> BN from 0.5 to 0.8',
+        label='(d2) SLAB-PVT, LayerNorm until 0.5 of the run, LN -> BN from 0.5 to 0.8',
         hooks=lambda iters: [_prepbn(1.0, iters // 2, round(0.3 * iters))], foldable=True),
+    # the initialisation (init_cfg=dict(type='SLABScratch', ...), mmslab/models/weight_init.py)
+    'ln_pvtinit': dict(
+        label="(control) (a) with mmdet PVT's init of q/kv and MLP (`linear='mmdet_pvt'`)",
+        backbone=dict(init_cfg=_scratch('mmdet_pvt')), hooks=[_prepbn(1.0, NEVER, 1)],
+        foldable=False),
+    'prepbn_pvtinit': dict(
+        label="(d3) (b) with `linear='mmdet_pvt'`",
+        backbone=dict(init_cfg=_scratch('mmdet_pvt')), hooks=[_prepbn(1.0, 0, 0.8)],
+        foldable=True),
+    'bn_pvtinit': dict(
+        label="(d4) (c) with `linear='mmdet_pvt'`",
+        backbone=dict(init_cfg=_scratch('mmdet_pvt')), hooks=[_prepbn(0.0)], foldable=True),
+    'bn_alpha0': dict(
+        label='(d5) (c) with RepBN alpha starting at 0 (`repbn_alpha=0`)',
+        backbone=dict(init_cfg=_scratch('release', 0.0)), hooks=[_prepbn(0.0)], foldable=True),
+    'bn_alpha0_pvtinit': dict(
+        label="**(d6) (c) with `linear='mmdet_pvt', repbn_alpha=0`**",
+        backbone=dict(init_cfg=_scratch('mmdet_pvt', 0.0)), hooks=[_prepbn(0.0)],
+        foldable=True),
+    'prepbn_alpha0_pvtinit': dict(
+        label="(d7) (b) with `linear='mmdet_pvt', repbn_alpha=0`",
+        backbone=dict(init_cfg=_scratch('mmdet_pvt', 0.0)), hooks=[_prepbn(1.0, 0, 0.8)],
+        foldable=True),
+    'early_alpha0_pvtinit': dict(
+        label="**(d8) (d1) with `linear='mmdet_pvt', repbn_alpha=0` (the demo's)**",
+        backbone=dict(init_cfg=_scratch('mmdet_pvt', 0.0)), hooks=[_prepbn(1.0, 0, 0.5)],
+        foldable=True),
 }
-DEFAULT_VARIANTS = ('pvt_t', 'ln_kept', 'prepbn_bn', 'bn_scratch', 'prepbn_early',
-                    'prepbn_freeze', 'prepbn_late', 'pvt_ln', 'pvt_prepbn', 'ln_pvtinit',
-                    'prepbn_pvtinit', 'early_pvtinit', 'bn_pvtinit')
-DEFAULT_RECAL_VARIANTS = ('prepbn_bn', 'prepbn_late')
+DEFAULT_VARIANTS = tuple(VARIANTS)
+DEFAULT_RECAL_VARIANTS = ('prepbn_bn', 'bn_alpha0_pvtinit')
 
 CONFIG_TEMPLATE = '''_base_ = [{base!r}]
 # written by mmslab/prepbn_study.py: variant {variant!r}, seed {seed}
-custom_imports = dict(imports=['mmslab', 'mmslab.prepbn_study'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmslab'], allow_failed_imports=False)
 data_root = {data_root!r}
 image_size = {image_size}
 max_iters = {iters}
@@ -259,6 +203,7 @@ def write_config(path: str, variant: str, seed: int, data_root: str, image_size:
     hooks = v['hooks'](iters) if callable(v['hooks']) else v['hooks']
     backbone = dict(v.get('backbone') or {})
     backbone['pretrain_img_size'] = image_size
+    backbone.setdefault('init_cfg', None)  # the release's init unless the variant says
     text = CONFIG_TEMPLATE.format(
         base=DEMO_CONFIG, variant=variant, seed=seed, data_root=data_root,
         image_size=image_size, iters=iters, warmup=max(1, iters // 10), backbone=backbone,
@@ -331,7 +276,7 @@ def recal_one(work_root: str, base: dict, iters: int, args) -> dict:
             return json.load(f)
     os.makedirs(run_dir, exist_ok=True)
     out = osp.join(run_dir, 'metrics.json')
-    # not `python -m mmslab.prepbn_study`: the config imports this module (its hook)
+    # a fresh interpreter per recalibration, as for training: no Runner state is shared
     worker = ('import sys; from mmslab.prepbn_study import _recal_test_main as m; '
               'm(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])')
     wall = _run([sys.executable, '-c', worker, base['config'], base['checkpoint'], str(iters),
@@ -418,6 +363,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    default=list(DEFAULT_RECAL_VARIANTS))
     p.add_argument('--out', default=None, help='markdown table (default: <work-dir>/table.md)')
     p.add_argument('--force', action='store_true', help='redo finished runs')
+    p.add_argument('--table-only', action='store_true',
+                   help='train nothing: the table of every finished run of --variants (all '
+                        'seeds found) and of their recalibrations')
     return p.parse_args(argv)
 
 
@@ -427,24 +375,10 @@ def main(argv: Optional[List[str]] = None) -> str:
     os.makedirs(work_root, exist_ok=True)
     data_root = make_data(osp.join(work_root, 'data'), args.num_train, args.num_val,
                           args.image_size)
-    results = []
-    # seed-major: an interrupted study has every variant at the first seeds
-    for seed, variant in [(s, v) for s in args.seeds for v in args.variants]:
-        r = train_one(work_root, variant, seed, data_root, args)
-        print(f'[prepbn_study] {variant} seed {seed}: box {r["bbox_mAP"]:.3f} mask '
-              f'{r["segm_mAP"]:.3f} {r["s_per_iter"]:.2f} s/iter ({r["wall_s"]:.0f} s)',
-              flush=True)
-        results.append(r)
-    for variant in args.recal_variants:
-        if variant not in args.variants:
-            continue
-        for iters in args.recal_iters:
-            for base in [r for r in results if r['variant'] == variant]:
-                r = recal_one(work_root, base, iters, args)
-                print(f'[prepbn_study] {r["variant"]} seed {r["seed"]}: box '
-                      f'{r["bbox_mAP"]:.3f} mask {r["segm_mAP"]:.3f} ({r["wall_s"]:.0f} s)',
-                      flush=True)
-                results.append(r)
+    if args.table_only:
+        results = finished_results(work_root, args.variants, args.recal_variants)
+    else:
+        results = run_study(work_root, data_root, args)
     command = 'python tools/prepbn_study.py ' + ' '.join(argv if argv is not None
                                                           else sys.argv[1:])
     setup = (f'Mask R-CNN from scratch on the synthetic shapes set ({args.num_train} train / '
@@ -464,3 +398,45 @@ def main(argv: Optional[List[str]] = None) -> str:
         json.dump(results, f, indent=1)
     print(text)
     return text
+
+
+def finished_results(work_root: str, variants: Sequence[str],
+                     recal_variants: Sequence[str]) -> List[dict]:
+    """The results of every finished run of ``variants`` (any seed; then the BN
+    recalibrations of ``recal_variants``) found under ``work_root``, no training."""
+    def load(pattern: str) -> List[dict]:
+        out = []
+        for path in glob.glob(osp.join(work_root, 'runs', pattern, 'result.json')):
+            with open(path) as f:
+                out.append(json.load(f))
+        return sorted(out, key=lambda r: (r.get('recal_iters', 0), r['seed']))
+
+    results = [r for v in variants for r in load(f'{v}_s*')]
+    results += [r for v in recal_variants if v in variants
+                for r in load(osp.join(f'{v}_s*', 'recal*'))]
+    if not results:
+        raise RuntimeError(f'no finished run of {list(variants)} under {work_root}/runs')
+    return results
+
+
+def run_study(work_root: str, data_root: str, args) -> List[dict]:
+    """Train every variant x seed (and the BN recalibrations) that has no result yet."""
+    results = []
+    # seed-major: an interrupted study has every variant at the first seeds
+    for seed, variant in [(s, v) for s in args.seeds for v in args.variants]:
+        r = train_one(work_root, variant, seed, data_root, args)
+        print(f'[prepbn_study] {variant} seed {seed}: box {r["bbox_mAP"]:.3f} mask '
+              f'{r["segm_mAP"]:.3f} {r["s_per_iter"]:.2f} s/iter ({r["wall_s"]:.0f} s)',
+              flush=True)
+        results.append(r)
+    for variant in args.recal_variants:
+        if variant not in args.variants:
+            continue
+        for iters in args.recal_iters:
+            for base in [r for r in results if r['variant'] == variant]:
+                r = recal_one(work_root, base, iters, args)
+                print(f'[prepbn_study] {r["variant"]} seed {r["seed"]}: box '
+                      f'{r["bbox_mAP"]:.3f} mask {r["segm_mAP"]:.3f} ({r["wall_s"]:.0f} s)',
+                      flush=True)
+                results.append(r)
+    return results

@@ -93,9 +93,13 @@ def test_config_parses_and_builds(rel):
     bb = cfg.model.backbone
     assert bb.type == bb_type
     if ckpt is None:  # demos train from scratch with the LN -> BN schedule
-        assert bb.init_cfg is None and bb.norm_eval is False
+        # the detection demo with the PRepBN study's from-scratch init (README)
+        recipe = dict(type='SLABScratch', linear='mmdet_pvt', repbn_alpha=0.0)
+        assert bb.init_cfg == (recipe if rel.startswith('demo/mask_rcnn') else None)
+        assert bb.norm_eval is False
         hooks = [h for h in cfg.custom_hooks if h.type == 'PRepBNHook']
-        assert len(hooks) == 1 and hooks[0].r0 == 1.0 and hooks[0].decay_iters == 0.8
+        decay = 0.5 if rel.startswith('demo/mask_rcnn') else 0.8  # det: the study's recipe
+        assert len(hooks) == 1 and hooks[0].r0 == 1.0 and hooks[0].decay_iters == decay
     else:  # fine-tuning a released ImageNet checkpoint: pure RepBN, BN frozen
         assert bb.init_cfg == dict(type='Pretrained', checkpoint=RELEASE + ckpt)
         assert bb.norm_eval is True

@@ -2,7 +2,7 @@
 the training run validated.
 
 `mim train mmdet` trains the mini SLAB-PVT Mask R-CNN of tests/test_e2e.py (the demo config,
-PRepBNHook r0=1 decaying over 0.8 of the run) for 3 short epochs with validation and a
+with PRepBNHook r0=1 decaying over 0.8 of the run) for 3 short epochs with validation and a
 checkpoint after every epoch; then `mim test mmdet` of the epoch-1 checkpoint (lam = 0.6875:
 LayerNorm and RepBN mixed) must reproduce the validation the training run logged after
 epoch 1 -- COCO AP and a checksum of every prediction (``_prepbn_e2e_helper``) -- and the
@@ -26,7 +26,7 @@ NUM_TRAIN, NUM_VAL, BATCH = 8, 4, 2
 ITERS_PER_EPOCH = NUM_TRAIN // BATCH
 EPOCHS = 3
 MAX_ITERS = EPOCHS * ITERS_PER_EPOCH
-DECAY = 0.8  # the demo's PRepBNHook(r0=1.0, decay_iters=0.8)
+DECAY = 0.8  # PRepBNHook(r0=1.0, decay_iters=0.8): lam still > 0 at the epoch-1 checkpoint
 
 # Epoch-based training with validation (and a checkpoint) after every epoch; the val and
 # test splits and evaluators are the same, with the prediction checksum next to CocoMetric.

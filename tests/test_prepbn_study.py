@@ -1,13 +1,8 @@
-"""tools/prepbn_study.py without training: the configs it writes, its hooks and its table."""
-import types
-
+"""tools/prepbn_study.py without training: the configs it writes and its table."""
 import pytest
-import torch.nn as nn
 from mmengine.config import Config
 
-from mmslab.models import SLABPVT, RepBN
-from mmslab.prepbn_study import (VARIANTS, FreezeRepBNStatsHook, MMDetPVTInitHook, table,
-                                 write_config)
+from mmslab.prepbn_study import VARIANTS, table, write_config
 
 MINI = dict(embed_dims=[32, 64, 128, 256], num_heads=[1, 2, 4, 8], mlp_ratios=[4] * 4,
             depths=[1, 1, 2, 1])
@@ -32,34 +27,12 @@ def test_configs_inherit_the_demo(tmp_path, variant: str) -> None:
     prepbn = hooks['PRepBNHook']
     if variant == 'prepbn_late':  # LayerNorm until 150, decay 150 -> 240
         assert (prepbn.warmup_iters, prepbn.decay_iters) == (150, 90)
-
-
-def test_freeze_hook_puts_repbn_statistics_in_eval_mode() -> None:
-    model = nn.Module()
-    model.backbone = SLABPVT(**MINI, norm_eval=False).train()
-    bns = [m.bn for m in model.modules() if isinstance(m, RepBN)]
-    hook = FreezeRepBNStatsHook(begin=0.8)
-    hook.before_train_iter(types.SimpleNamespace(iter=79, max_iters=100, model=model), 0)
-    assert all(bn.training for bn in bns)
-    hook.before_train_iter(types.SimpleNamespace(iter=80, max_iters=100, model=model), 0)
-    assert not any(bn.training for bn in bns)
-    assert model.backbone.stages[0].blocks[0].mlp.fc1.training
-
-
-def test_mmdet_pvt_init_hook() -> None:
-    model = nn.Module()
-    model.backbone = SLABPVT(**MINI)
-    model.backbone.init_weights()
-    proj = model.backbone.stages[0].blocks[0].attn.proj.weight.clone()
-    MMDetPVTInitHook().before_train(types.SimpleNamespace(iter=0, model=model))
-    blk = model.backbone.stages[0].blocks[0]
-    assert blk.attn.q.weight.abs().max() <= (6 / (4 * 32)) ** 0.5
-    assert blk.attn.q.weight.std() > 0.1 and blk.mlp.fc2.weight.std() > 0.2
-    assert not blk.mlp.fc1.bias.any()
-    assert (blk.attn.proj.weight == proj).all()  # the rest untouched
-    q = blk.attn.q.weight.clone()
-    MMDetPVTInitHook().before_train(types.SimpleNamespace(iter=5, model=model))  # resumed
-    assert (blk.attn.q.weight == q).all()
+    # the init is the variant's, whatever the demo config's is
+    init = VARIANTS[variant].get('backbone', {}).get('init_cfg')
+    if init is None:
+        assert cfg.model.backbone.init_cfg is None
+    else:
+        assert cfg.model.backbone.init_cfg == {k: v for k, v in init.items() if k != '_delete_'}
 
 
 def test_table() -> None:
@@ -69,6 +42,35 @@ def test_table() -> None:
     text = table(rs, 'python tools/prepbn_study.py', 'setup')
     assert text.startswith('`python tools/prepbn_study.py`')
     lines = text.splitlines()
-    assert "| (b) SLAB-PVT, PRepBN LN -> BN over 0.8 of the run (the demo's) | yes | " \
+    assert '| (b) SLAB-PVT, PRepBN LN -> BN over 0.8 of the run | yes | ' \
         '0.600 ± 0.141 | 0.700 ± 0.141 | 0.20 | 0, 1 |' in lines
     assert lines[-1].endswith('over 100 batches | yes | 0.500 | 0.600 | — | 0 |')
+
+
+def test_table_only_collects_finished_runs(tmp_path) -> None:
+    """--table-only trains nothing: every finished seed of the variants, recalibrations
+    after them; unfinished runs (no result.json) and other variants are left out."""
+    import json
+    import os
+
+    from mmslab.prepbn_study import main
+
+    def put(rel: str, **r) -> None:
+        os.makedirs(tmp_path / 'runs' / rel)
+        (tmp_path / 'runs' / rel / 'result.json').write_text(json.dumps(dict(
+            s_per_iter=0.3, final_lam=0.0, segm_mAP=0.5, **r)))
+
+    for seed, ap in ((4, 0.6), (0, 0.5)):
+        put(f'prepbn_bn_s{seed}', variant='prepbn_bn', seed=seed, bbox_mAP=ap)
+    put('prepbn_bn_s0/recal100', variant='prepbn_bn+recal100', seed=0, bbox_mAP=0.4,
+        recal_iters=100)
+    put('bn_alpha0_s0', variant='bn_alpha0', seed=0, bbox_mAP=0.9)  # not asked for
+    os.makedirs(tmp_path / 'runs' / 'prepbn_bn_s1')  # unfinished
+    (tmp_path / 'data').mkdir()
+    (tmp_path / 'data' / 'study_data.json').write_text(json.dumps(dict(
+        num_train=200, num_val=50, image_size=128, seed=0)))
+    text = main(['--work-dir', str(tmp_path), '--variants', 'prepbn_bn', '--table-only'])
+    rows = [line for line in text.splitlines() if line.startswith('| (b)')]
+    assert rows[0].endswith('| yes | 0.550 ± 0.071 | 0.500 ± 0.000 | 0.30 | 0, 4 |')
+    assert 'over 100 batches | yes | 0.400 | 0.500 | — | 0 |' in rows[1]
+    assert len(rows) == 2 and not os.listdir(tmp_path / 'runs' / 'prepbn_bn_s1')

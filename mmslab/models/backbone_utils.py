@@ -1,19 +1,18 @@
-"""Small pieces both SLAB backbones share: arch presets, argument checks, weight init and
-the ``init_cfg=dict(type='Pretrained', ...)`` path."""
-import math
+"""Small pieces both SLAB backbones share: arch presets, argument checks, the order of
+weight init and the ``init_cfg=dict(type='Pretrained', ...)`` path."""
 from abc import abstractmethod
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
-from mmengine.model import BaseModule
-from mmengine.model.weight_init import constant_init, normal_init, trunc_normal_
+from mmengine.model import BaseModule, initialize
+from mmengine.registry import WEIGHT_INITIALIZERS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..validation import check_int_seq
 from .checkpoint import check_state_dict_form, load_pretrained
-from .norms import RepBN
+from .weight_init import init_transformer_weights
 
 
 def resolve_arch(name: str, zoo: Dict[str, Dict[str, Any]], arch: Union[str, dict],
@@ -46,28 +45,6 @@ def check_out_indices(out_indices: Union[int, Sequence[int]], num_stages: int,
     return out
 
 
-def init_transformer_weights(model: nn.Module) -> None:
-    """From-scratch init: truncated-normal Linears and position tables (std 0.02), fan-out
-    normal convs, unit norms, zero SLA positional encodings (as the release)."""
-    for name, p in model.named_parameters():
-        if name.endswith(('pos_embed', 'relative_position_bias_table')):
-            trunc_normal_(p, std=.02)
-        elif name.endswith('positional_encoding'):
-            nn.init.zeros_(p)
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-            normal_init(m, mean=0, std=math.sqrt(2.0 / fan_out), bias=0)
-        elif isinstance(m, (nn.LayerNorm, nn.BatchNorm1d)):
-            constant_init(m, val=1.0, bias=0.)
-        elif isinstance(m, RepBN):
-            nn.init.ones_(m.alpha)
-
-
 class SLABBackbone(BaseModule):
     """What both SLAB backbones share: ``init_cfg=dict(type='Pretrained', checkpoint=...,
     prefix=None)`` loaded by the backbone itself (release files keep their weights under
@@ -81,7 +58,10 @@ class SLABBackbone(BaseModule):
 
     def __init__(self, init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        self._pretrained_cfg()  # a bad init_cfg fails now, not at init_weights()
+        # a bad init_cfg fails now, not at init_weights()
+        self._pretrained_cfg()
+        for cfg in self._initializer_cfgs():
+            WEIGHT_INITIALIZERS.build(cfg)
         # Folded and trained-form weights never mix, under every loading route:
         # load_state_dict (strict or not, inside a detector too), mmengine's
         # load_checkpoint / Runner load_from / resume, and init_cfg.
@@ -119,8 +99,16 @@ class SLABBackbone(BaseModule):
         """``(channels, (height, width))`` of every output map for a ``h x w`` image."""
 
     def init_weights(self) -> None:
-        if not self.load_pretrained():
+        """The release's init (:func:`init_transformer_weights`; skipped when ``init_cfg``
+        has a ``Pretrained`` checkpoint, which then sets every weight), then the other
+        initializers of ``init_cfg`` (e.g. ``dict(type='SLABScratch', ...)``, mmengine's
+        ``TruncNormal`` ...), then the ``Pretrained`` checkpoint, if any."""
+        if self._pretrained_cfg() is None:
             init_transformer_weights(self)
+        others = self._initializer_cfgs()
+        if others:
+            initialize(self, others)
+        self.load_pretrained()
         self._is_init = True
 
     def train(self, mode: bool = True) -> 'SLABBackbone':
@@ -147,6 +135,11 @@ class SLABBackbone(BaseModule):
         name = type(self).__name__
         cfg = self.init_cfg
         if isinstance(cfg, list):
+            bad = [c for c in cfg if not isinstance(c, dict) or 'type' not in c]
+            if bad:
+                raise TypeError(f'{name}: every entry of init_cfg must be a dict with a '
+                                f"'type' (an mmengine initializer such as 'Pretrained' or "
+                                f"'SLABScratch'), got {bad[0]!r}")
             cfg = next((c for c in cfg if isinstance(c, dict) and c.get('type') == 'Pretrained'),
                        None)
         if cfg is None:
@@ -170,6 +163,11 @@ class SLABBackbone(BaseModule):
             raise TypeError(f"{name}: init_cfg 'prefix' must be a str such as 'backbone.', "
                             f"got {prefix!r} ({type(prefix).__name__})")
         return cfg
+
+    def _initializer_cfgs(self) -> List[dict]:
+        """The entries of ``init_cfg`` other than ``Pretrained``."""
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
+        return [c for c in cfgs if c is not None and c.get('type') != 'Pretrained']
 
     def load_pretrained(self) -> bool:
         """Load ``init_cfg``'s ``Pretrained`` checkpoint, if any (see
