@@ -1,20 +1,39 @@
-"""The pinned OpenMMLab stack works: mmcv ops on CPU, stock mmdet / mmseg configs build and
-run, mim runs, and mmslab registers into mmengine's root registries."""
+"""The tested OpenMMLab stack works: its exact versions, mmcv ops on CPU, stock mmdet /
+mmseg configs build and run, mim runs, and mmslab registers into mmengine's root
+registries."""
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from mmengine.hub import get_config
 
+REQUIREMENTS = Path(__file__).resolve().parents[1] / 'requirements'
+CORE = ('torch', 'torchvision', 'mmcv', 'mmengine', 'mmdet', 'mmsegmentation')
 
-def test_pinned_versions():
-    import mmcv
-    import mmdet
-    import mmengine
-    import mmseg
-    assert torch.__version__.startswith('2.5.1')
-    assert (mmcv.__version__, mmengine.__version__) == ('2.1.0', '0.10.7')
-    assert (mmdet.__version__, mmseg.__version__) == ('3.3.0', '1.2.2')
+
+def _pins(stack: str) -> dict:
+    text = (REQUIREMENTS / f'{stack}.txt').read_text()
+    return dict(re.findall(r'^([A-Za-z0-9_.-]+)==([^\s;#]+)', text, re.M))
+
+
+def _installed(name: str) -> str:
+    from importlib.metadata import version
+    return version(name).split('+')[0]
+
+
+def test_core_versions_are_one_tested_stack():
+    """The venv holds exactly the core versions of the stack its set-up recorded (or, in an
+    environment set up otherwise, of one of the two tested stacks)."""
+    stamp = Path(sys.prefix) / '.mmslab-setup-done'
+    stacks = ['current', 'classic']
+    if stamp.is_file():
+        stacks = re.findall(r'^stack=(\w+)$', stamp.read_text(), re.M)
+        assert stacks, f'{stamp} names no stack'
+    installed = {name: _installed(name) for name in CORE}
+    wanted = [{name: _pins(stack)[name] for name in CORE} for stack in stacks]
+    assert installed in wanted, f'installed {installed}, tested stacks {dict(zip(stacks, wanted))}'
 
 
 def test_mmcv_ops_run_on_cpu():

@@ -1,72 +1,98 @@
 #!/usr/bin/env bash
-# Idempotent set-up of mmslab's environment in .venv/ at the repository root.
+# Idempotent set-up of one of mmslab's two tested stacks in a virtualenv of the repository.
 #
-#   bash tools/setup_env.sh
+#   bash tools/setup_env.sh                        # the default stack, 'current', in .venv/
+#   MMSLAB_STACK=classic bash tools/setup_env.sh   # the 2024 upstream stack, in .venv-classic/
 #
-# Installs torch 2.5.1 (see README: newer torch breaks mmengine 0.10.7 and mmcv 2.1.0),
-# mmcv 2.1.0 with compiled ops (built once from the PyPI sdist, ~25 min on 2 cores, and
-# cached as a wheel in $MMSLAB_CACHE, default ~/.cache/mmslab), then mmengine, mmdet,
-# mmsegmentation, timm, openmim, pytest and mmslab itself (editable), then checks that
-# mmcv's ops run on CPU and that `mim` works.
+# MMSLAB_STACK   'current' (default) or 'classic'; the exact versions of each are the
+#                constraint file requirements/<stack>.txt (README, "Install").
+# MMSLAB_VENV    the virtualenv (default .venv for current, .venv-classic for classic).
+# MMSLAB_EXTRAS  comma-separated optional extras of pyproject.toml besides `tests`, e.g.
+#                `deploy` (ONNX Runtime + mmdeploy: what `make test` asks for).
+# MMSLAB_CACHE   where the mmcv wheel built here is kept (default ~/.cache/mmslab).
 #
-# MMSLAB_EXTRAS: comma-separated optional extras of pyproject.toml to install besides
-# `tests`, e.g. `MMSLAB_EXTRAS=deploy` (ONNX Runtime + mmdeploy, what `make test` asks
-# for; `make demo` does not). The stamp records the extras, so asking for one that is not
-# installed yet runs the set-up again.
+# mmcv 2.1.0 has no wheel for these torch versions on PyPI, so its ops are built once from
+# the PyPI sdist (~25-40 min on 2 cores) and the wheel is cached outside the repository;
+# every later run, and every fresh clone on this machine, reuses it. For torch >= 2.10 the
+# build raises mmcv's `-std=c++17` to `-std=c++20` (torch's headers need C++20): the one
+# patch this script applies to a package. Then torch/torchvision, mmengine, mmdet, mmseg and
+# mmslab itself (editable) are installed under the stack's constraints, and mmcv's ops and
+# `mim` are checked to run.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/.venv"
+STACK="${MMSLAB_STACK:-current}"
+case "$STACK" in
+  current) DEFAULT_VENV="$ROOT/.venv" ;;
+  classic) DEFAULT_VENV="$ROOT/.venv-classic" ;;
+  *) echo "[setup_env] MMSLAB_STACK must be 'current' or 'classic', got '$STACK'" >&2; exit 2 ;;
+esac
+VENV="${MMSLAB_VENV:-$DEFAULT_VENV}"
+case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac
 PY="$VENV/bin/python"
+CONSTRAINTS="$ROOT/requirements/$STACK.txt"
 CACHE="${MMSLAB_CACHE:-$HOME/.cache/mmslab}"
-TORCH_VERSION=2.5.1
-TORCHVISION_VERSION=0.20.1
-MMCV_VERSION=2.1.0
 STAMP="$VENV/.mmslab-setup-done"
 REQUESTED="${MMSLAB_EXTRAS:-}"
 EXTRAS="$(printf '%s\n' tests ${REQUESTED//,/ } | sort -u | paste -sd, -)"
-log() { printf '[setup_env] %s\n' "$*"; }
+log() { printf '[setup_env:%s] %s\n' "$STACK" "$*"; }
+pinned() {  # the version requirements/<stack>.txt pins for package $1
+  sed -n "s/^$1==\([^ ;#]*\).*/\1/p" "$CONSTRAINTS" | head -n 1
+}
+TORCH_VERSION="$(pinned torch)"
+MMCV_VERSION="$(pinned mmcv)"
+[ -n "$TORCH_VERSION" ] && [ -n "$MMCV_VERSION" ] || {
+  log "$CONSTRAINTS pins no torch / mmcv version"; exit 2; }
 
 PYTHON="${PYTHON:-python3}"
 if [ ! -x "$PY" ]; then
   log "creating virtualenv $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"
 fi
-pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q -c "$CONSTRAINTS" "$@"; }
 
-# A stamp newer than every install input, listing every extra asked for, means there is
-# nothing to do.
-stamp_has_extras() {
+# A stamp newer than every install input, for this stack, listing every extra asked for,
+# means there is nothing to do.
+stamp_ok() {
   local e
+  [ -f "$STAMP" ] && grep -qx "stack=$STACK" "$STAMP" || return 1
+  for f in "$ROOT/pyproject.toml" "$CONSTRAINTS" "$0"; do [ "$STAMP" -nt "$f" ] || return 1; done
   for e in ${EXTRAS//,/ }; do grep -qx "extra=$e" "$STAMP" || return 1; done
 }
-if [ -f "$STAMP" ] && [ "$STAMP" -nt "$ROOT/pyproject.toml" ] && [ "$STAMP" -nt "$0" ] \
-    && stamp_has_extras; then
+if stamp_ok; then
   log "environment up to date ($VENV, extras $EXTRAS)"
   exit 0
 fi
 
 # setuptools<81: mmengine 0.10.7 and mim import pkg_resources, which setuptools 81 removed.
-pip_install --upgrade pip "setuptools<81" wheel ninja
-log "installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
-pip_install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+pip_install --upgrade pip setuptools wheel ninja
+log "installing torch==$TORCH_VERSION and torchvision (requirements/$STACK.txt)"
+pip_install torch torchvision
 
-# mmcv with ops: there is no wheel for torch 2.5.1 on PyPI, so build one from the sdist
-# once and keep it outside the repository (a fresh clone reuses it in seconds).
+# mmcv with ops, built once per torch version and Python, kept outside the repository.
 PYTAG="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
 WHEELS="$CACHE/wheels/torch$TORCH_VERSION-$PYTAG"
 mkdir -p "$WHEELS"
 MMCV_WHEEL="$(ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)"
 if [ -z "$MMCV_WHEEL" ]; then
-  log "building mmcv==$MMCV_VERSION with ops from source: this takes ~25 minutes on 2 cores,"
-  log "once; the wheel is cached in $WHEELS (build log: $WHEELS/build.log)"
+  log "building mmcv==$MMCV_VERSION with ops against torch $TORCH_VERSION: ~25-40 minutes on"
+  log "2 cores, once; the wheel is cached in $WHEELS (build log: $WHEELS/build.log)"
   start=$(date +%s)
-  # --no-build-isolation: isolation would hide torch and bring a setuptools without
-  # pkg_resources. The build reads torch from this venv.
-  pip_install "packaging" "addict" "pyyaml" "yapf" "numpy" "opencv-python" "Pillow"
+  # --no-build-isolation: the build reads torch from this venv (isolation would hide it).
+  pip_install packaging addict pyyaml yapf numpy opencv-python Pillow
+  SRC="$(mktemp -d)"
+  trap 'rm -rf "$SRC"' EXIT
+  "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-build-isolation \
+    --no-binary mmcv -d "$SRC" "mmcv==$MMCV_VERSION" >"$WHEELS/build.log" 2>&1
+  tar -xzf "$SRC/mmcv-$MMCV_VERSION.tar.gz" -C "$SRC"
+  if "$PY" -c "import sys, torch; from packaging.version import Version as V
+sys.exit(0 if V(torch.__version__.split('+')[0]) >= V('2.10') else 1)"; then
+    log "torch >= 2.10: building with -std=c++20 instead of mmcv's -std=c++17"
+    sed -i 's/-std=c++17/-std=c++20/g; s#/std:c++17#/std:c++20#g' "$SRC/mmcv-$MMCV_VERSION/setup.py"
+  fi
   if ! MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" "$PY" -m pip wheel \
-        --disable-pip-version-check --no-deps --no-build-isolation --no-binary mmcv \
-        -w "$WHEELS" "mmcv==$MMCV_VERSION" >"$WHEELS/build.log" 2>&1; then
+        --disable-pip-version-check --no-deps --no-build-isolation -w "$WHEELS" \
+        "$SRC/mmcv-$MMCV_VERSION" >>"$WHEELS/build.log" 2>&1; then
     tail -n 40 "$WHEELS/build.log"
     log "mmcv build FAILED; full log in $WHEELS/build.log"
     exit 1
@@ -101,31 +127,7 @@ PY
 "$PY" -m mim --version >/dev/null || { log "mim does not run"; exit 1; }
 if [[ ",$EXTRAS," == *,deploy,* ]]; then
   log "self-check (deploy): onnxruntime runs mmdeploy's custom-op library"
-  "$PY" - <<'PY'
-import ctypes
-import numpy as np
-import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper
-import mmdeploy
-from mmdeploy.backend.onnxruntime.init_plugins import get_lib_path, get_ops_path
-ctypes.CDLL(get_lib_path())  # as mmdeploy's ORTWrapper does
-node = helper.make_node('grid_sampler', ['x', 'grid'], ['y'], domain='mmdeploy',
-                        interpolation_mode=0, padding_mode=0, align_corners=1)
-info = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)  # noqa: E731
-graph = helper.make_graph([node], 'g', [info('x'), info('grid')], [info('y')])
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17),
-                                                helper.make_opsetid('mmdeploy', 1)])
-opts = ort.SessionOptions()
-opts.register_custom_ops_library(get_ops_path())
-sess = ort.InferenceSession(model.SerializeToString(), opts, providers=['CPUExecutionProvider'])
-x = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
-grid = np.array([[[[-1, -1], [1, 1]]]], dtype=np.float32)  # corners (align_corners=1)
-y = sess.run(None, {'x': x, 'grid': grid})[0]
-assert np.allclose(y.ravel(), [0, 3]), y
-print(f'onnxruntime {ort.__version__}  onnx {onnx.__version__}  mmdeploy {mmdeploy.__version__}'
-      ' (custom ops run)')
-PY
+  "$PY" "$ROOT/tools/check_deploy_env.py"
 fi
-printf 'extra=%s\n' ${EXTRAS//,/ } >"$STAMP"
+{ echo "stack=$STACK"; printf 'extra=%s\n' ${EXTRAS//,/ }; } >"$STAMP"
 log "environment ready: $VENV"
