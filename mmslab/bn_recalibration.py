@@ -15,10 +15,11 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
-from mmengine.runner.checkpoint import _load_checkpoint_to_model, get_state_dict, weights_to_cpu
+from mmengine.runner.checkpoint import get_state_dict, weights_to_cpu
 
+from mmslab.config import load_config
 from mmslab.fileio import atomic_save, check_outputs
-from mmslab.models.checkpoint import read_checkpoint
+from mmslab.models.checkpoint_io import load_model_weights, read_checkpoint
 from mmslab.models.norms import RepBN
 
 LoggerType = Optional[Union[logging.Logger, str]]
@@ -174,9 +175,7 @@ def recalibrate_checkpoint(config: Union[str, Config],
     check_outputs({'output checkpoint': out},
                   {'checkpoint': checkpoint, 'config': config if isinstance(config, str) else None},
                   'recalibrate_checkpoint')
-    cfg = Config.fromfile(config) if isinstance(config, str) else config.copy()
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = load_config(config, cfg_options)
     if cfg.get('work_dir') is None:
         name = osp.splitext(osp.basename(cfg.filename or 'config'))[0]
         cfg.work_dir = osp.join('work_dirs', name)
@@ -185,7 +184,7 @@ def recalibrate_checkpoint(config: Union[str, Config],
 
     runner = Runner.from_cfg(cfg)
     ckpt = read_checkpoint(checkpoint, map_location='cpu', logger=runner.logger)
-    _load_checkpoint_to_model(runner.model, ckpt, strict=True, logger=runner.logger)
+    load_model_weights(runner.model, ckpt, strict=True, logger=runner.logger, source=checkpoint)
     recalibrate_bn(runner.model, runner.train_dataloader, iters, logger=runner.logger)
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     meta = dict(ckpt.get('meta', {}))

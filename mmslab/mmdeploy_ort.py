@@ -4,9 +4,12 @@
 
 1. fold the trained checkpoint (:func:`mmslab.models.reparameterize.deploy_checkpoint`,
    the same as ``tools/deploy.py``; skipped when the config's backbone is folded already);
-2. convert the folded model with mmdeploy's ONNX pipeline (``mmdeploy.apis.torch2onnx``)
-   under a deploy config, by default ``configs/mmdeploy/mask-rcnn_onnxruntime_dynamic.py``
-   (ONNX Runtime, dynamic batch / height / width);
+2. convert the folded model with mmdeploy's ONNX pipeline (``mmdeploy.apis.torch2onnx``,
+   with torch.onnx's TorchScript exporter: :func:`torchscript_onnx_export`, and the one
+   torch.onnx helper of mmdeploy 1.3.1 that current torch removed: ``_cast_long_symbolic``)
+   under a deploy config, by default :data:`DEPLOY_CFG` (shipped in the package:
+   ``mmslab/deploy_configs/mask_rcnn_onnxruntime_dynamic.py``; ONNX Runtime, dynamic
+   batch / height / width);
 3. evaluate the ONNX file with mmdeploy's test runner (what mmdeploy's ``tools/test.py``
    does: ``build_task_processor`` -> ``build_backend_model`` -> ``build_test_runner``) on
    the config's test split, and the folded PyTorch model with mmengine's Runner on the
@@ -15,25 +18,81 @@
 
 Needs the ``deploy`` extra (mmdeploy 1.3.1, onnxruntime, onnx; see README).
 """
+import contextlib
+import functools
+import importlib
 import json
 import os
 import os.path as osp
 import pickle
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
+from .config import load_config
+from .deploy_configs import MASK_RCNN_ORT_DYNAMIC
 from .fileio import atomic_write_text, check_outputs
+from .onnx_export import ort_session, torchscript_export_kwargs
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-DEPLOY_CFG = osp.join(ROOT, 'configs', 'mmdeploy', 'mask-rcnn_onnxruntime_dynamic.py')
+DEPLOY_CFG = MASK_RCNN_ORT_DYNAMIC
 AP_KEYS = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'segm_mAP', 'segm_mAP_50', 'segm_mAP_75')
 
 
-def _load_cfg(config):
-    from mmengine.config import Config
-    return config.copy() if isinstance(config, Config) else Config.fromfile(config)
+@contextlib.contextmanager
+def torchscript_onnx_export() -> Iterator[None]:
+    """While the block runs, ``torch.onnx.export`` defaults to its TorchScript exporter.
+
+    Why: mmdeploy 1.3.1 calls ``torch.onnx.export(model, args, path, export_params=...,
+    ...)`` without ``dynamo``, and its rewriters (``RewriterContext``, the ONNX passes)
+    work on the TorchScript exporter's graph; from torch 2.9 that call would run the dynamo
+    exporter instead. Where the installed torch's ``torch.onnx.export`` has a ``dynamo``
+    argument (:func:`mmslab.onnx_export.torchscript_export_kwargs`, from its signature),
+    a call that does not give it gets ``dynamo=False``; a call that gives it is left as it
+    is. Without the argument nothing is changed. The original function is put back on
+    exit, also on an error."""
+    defaults = torchscript_export_kwargs()
+    if not defaults:
+        yield
+        return
+    export = torch.onnx.export
+
+    @functools.wraps(export)
+    def export_with_torchscript(*args, **kwargs):
+        return export(*args, **{**defaults, **kwargs})
+
+    torch.onnx.export = export_with_torchscript
+    try:
+        yield
+    finally:
+        torch.onnx.export = export
+
+
+@contextlib.contextmanager
+def _cast_long_symbolic() -> Iterator[None]:
+    """While the block runs, ``torch.onnx.symbolic_opset9._cast_Long`` exists.
+
+    Why: mmdeploy 1.3.1's RoIAlign symbolic (``mmdeploy/mmcv/ops/roi_align.py``, every
+    Mask R-CNN export to ONNX Runtime) imports that helper, which torch deprecated in 2.0
+    ("create a Cast node instead") and has removed by 2.14. Where it is missing, it is
+    provided as torch defined it -- ``Cast`` to int64 -- and removed again on exit;
+    where torch still has it, nothing is changed."""
+    # the module `from torch.onnx.symbolic_opset9 import ...` reads (on torch 2.14 a
+    # compatibility module, not the attribute torch.onnx.symbolic_opset9 until imported)
+    symbolic_opset9 = importlib.import_module('torch.onnx.symbolic_opset9')
+    if hasattr(symbolic_opset9, '_cast_Long'):
+        yield
+        return
+
+    def _cast_Long(g, input, non_blocking):  # noqa: N802 (torch's name)
+        return g.op('Cast', input, to_i=torch._C._onnx.TensorProtoDataType.INT64)
+
+    symbolic_opset9._cast_Long = _cast_Long
+    try:
+        yield
+    finally:
+        del symbolic_opset9._cast_Long
 
 
 def _with_dump(cfg, out_pkl: Optional[str]):
@@ -50,8 +109,8 @@ def fold(config: str, checkpoint: str, work_dir: str) -> Tuple[str, str, Optiona
     """The folded (config, checkpoint) of a detector: as given if the config's backbone is
     folded already (``deploy=True``), else ``<work_dir>/folded.pth`` + its config written
     by ``deploy_checkpoint``. Returns them and the fold's relative error (or None)."""
-    from .models.reparameterize import deploy_checkpoint
-    cfg = _load_cfg(config)
+    from .deploy import deploy_checkpoint
+    cfg = load_config(config)
     if cfg.model.backbone.get('deploy', False):
         return config, checkpoint, None
     out = osp.join(work_dir, 'folded.pth')
@@ -61,20 +120,24 @@ def fold(config: str, checkpoint: str, work_dir: str) -> Tuple[str, str, Optiona
 
 def convert(config: str, checkpoint: str, work_dir: str, deploy_cfg: str = DEPLOY_CFG,
             img: Any = None, img_shape: Tuple[int, int] = (256, 320)) -> str:
-    """``mmdeploy.apis.torch2onnx`` of the model: writes ``<work_dir>/end2end.onnx``.
+    """``mmdeploy.apis.torch2onnx`` of the model (TorchScript exporter): writes
+    ``<work_dir>/end2end.onnx``.
 
     ``img``: the image the export traces (a path or an HxWx3 uint8 array); by default a
     random ``img_shape`` image (the graph has dynamic axes: the size only needs to be
     plausible)."""
     from mmdeploy.apis import torch2onnx
-    from mmdeploy.utils import get_onnx_config, load_config
-    save_file = get_onnx_config(load_config(deploy_cfg)[0])['save_file']
+    from mmdeploy.utils import get_onnx_config
+    from mmdeploy.utils import load_config as load_deploy_config
+    save_file = get_onnx_config(load_deploy_config(deploy_cfg)[0])['save_file']
     out = osp.join(work_dir, save_file)
     check_outputs({'ONNX file': out}, {'config': config, 'checkpoint': checkpoint,
                                        'deploy config': deploy_cfg}, 'mmdeploy_ort')
     if img is None:
         img = np.random.default_rng(0).integers(0, 256, (*img_shape, 3), dtype=np.uint8)
-    torch2onnx(img, work_dir, save_file, deploy_cfg, config, checkpoint, 'cpu')
+    # (both shims: mmdeploy 1.3.1 on torch >= 2.9, see their docstrings)
+    with torchscript_onnx_export(), _cast_long_symbolic():
+        torch2onnx(img, work_dir, save_file, deploy_cfg, config, checkpoint, 'cpu')
     return out
 
 
@@ -83,8 +146,8 @@ def evaluate_ort(config: str, onnx_file: str, work_dir: str, deploy_cfg: str = D
     """Evaluate the ONNX Runtime model on the config's test split with mmdeploy's test
     runner (mmdeploy's ``tools/test.py``, in-process). Returns the metrics."""
     from mmdeploy.apis.utils import build_task_processor
-    from mmdeploy.utils import load_config
-    deploy_cfg, model_cfg = load_config(deploy_cfg, config)
+    from mmdeploy.utils import load_config as load_deploy_config
+    deploy_cfg, model_cfg = load_deploy_config(deploy_cfg, config)
     model_cfg = _with_dump(model_cfg, out_pkl)
     processor = build_task_processor(model_cfg, deploy_cfg, 'cpu')
     model = processor.build_backend_model([onnx_file], processor.update_data_preprocessor)
@@ -97,7 +160,7 @@ def evaluate_torch(config: str, checkpoint: str, work_dir: str,
     """Evaluate the PyTorch model on the config's test split with mmengine's Runner (what
     ``mim test mmdet`` does). Returns the metrics."""
     from mmengine.runner import Runner
-    cfg = _with_dump(_load_cfg(config), out_pkl)
+    cfg = _with_dump(load_config(config), out_pkl)
     cfg.work_dir = work_dir
     cfg.load_from = checkpoint
     cfg.launcher = 'none'
@@ -108,7 +171,7 @@ def test_images(config, num: int) -> List[str]:
     """Paths of the first ``num`` images of the config's test split."""
     from mmengine.registry import init_default_scope
     from mmdet.registry import DATASETS
-    cfg = _load_cfg(config)
+    cfg = load_config(config)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     return [dataset.get_data_info(i)['img_path'] for i in range(min(num, len(dataset)))]
@@ -124,13 +187,11 @@ def check_conversion(config: str, checkpoint: str, onnx_file: str,
     Returns the largest absolute difference of every output (``dets``: boxes in px and
     scores, ``labels``, ``masks``: mask probabilities), whether every output had the same
     shape (the same number of detections) and the number of detections compared."""
-    import torch
     from mmdeploy.apis.utils import build_task_processor
     from mmdeploy.core import RewriterContext, patch_model
-    from mmdeploy.utils import IR, get_backend, get_ir_config, load_config
-
-    from .onnx_export import ort_session
-    deploy, model_cfg = load_config(deploy_cfg, config)
+    from mmdeploy.utils import IR, get_backend, get_ir_config
+    from mmdeploy.utils import load_config as load_deploy_config
+    deploy, model_cfg = load_deploy_config(deploy_cfg, config)
     images = list(images) if images is not None else test_images(model_cfg, num_images)
     processor = build_task_processor(model_cfg, deploy, 'cpu')
     model = processor.build_pytorch_model(checkpoint)

@@ -1,12 +1,18 @@
 """ONNX export of the (folded) SLAB backbones, checked in ONNX Runtime.
 
 :func:`export_backbone` folds a SLAB backbone (``switch_to_deploy``, unless it is folded
-already), exports it with ``torch.onnx.export`` (TorchScript exporter, opset 17) with a
+already), exports it with ``torch.onnx.export``'s **TorchScript exporter** (opset 17) with a
 dynamic batch, height and width, opens the result in ONNX Runtime (CPU execution provider)
 and compares it with the PyTorch module at several input shapes that differ from the
 export shape (odd sizes, batch 1 and 2). Only a file that passes the check is written, and
 atomically (:mod:`mmslab.fileio`): an interrupted or failed export leaves the old file or
 none, and the output may never be one of the inputs (config, checkpoint).
+
+The exporter is chosen explicitly: torch >= 2.9 makes ``torch.onnx.export`` default to
+its dynamo exporter (``dynamo=True``), so every export here passes ``dynamo=False`` where
+``torch.onnx.export`` has that argument (:func:`torchscript_export_kwargs`, found from its
+signature, not from the version) -- the graphs, tolerances and dynamic axes below are those
+of the TorchScript (tracing) exporter.
 
 The error of a check is, per output map, ``max |ort - torch| / max |torch|``, and the
 reported figure is the largest over the maps; the target is ``<= 1e-4`` in float32.
@@ -19,7 +25,9 @@ whole model, trained or folded by ``tools/deploy.py``) or from a released ImageN
 Needs the ``deploy`` extra (``onnxruntime``; ``pip install -e .[deploy]``, or
 ``MMSLAB_EXTRAS=deploy bash tools/setup_env.sh``); the export itself needs only torch.
 """
+import inspect
 import io
+import platform
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -30,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from .fileio import atomic_write, check_outputs
+from .timing import cpu_name, interleaved_rounds, median, spread, time_calls, warm_up
 
 Shape = Tuple[int, int, int, int]
 
@@ -40,6 +49,17 @@ EXPORT_SHAPE: Shape = (1, 3, 224, 320)
 CHECK_SHAPES: Tuple[Shape, ...] = ((1, 3, 193, 257), (2, 3, 255, 161), (1, 3, 321, 479))
 RTOL = 1e-4
 FAMILIES = {'pvt': 'SLABPVT', 'swin': 'SLABSwin'}
+#: how every export of mmslab is made (see the module's docstring)
+EXPORTER = 'TorchScript exporter (torch.onnx.export, dynamo=False)'
+
+
+def torchscript_export_kwargs() -> Dict[str, Any]:
+    """The keyword that selects ``torch.onnx.export``'s TorchScript exporter:
+    ``{'dynamo': False}`` where the installed torch has the ``dynamo`` argument (its
+    default is ``True`` from torch 2.9), ``{}`` where it has none (the TorchScript exporter
+    is then the only one)."""
+    params = inspect.signature(torch.onnx.export).parameters
+    return {'dynamo': False} if 'dynamo' in params else {}
 
 
 def require_onnxruntime():
@@ -88,10 +108,8 @@ def load_backbone(config: Optional[str] = None,
         model.init_weights()
         return model.eval()
 
-    from mmengine.runner.checkpoint import _load_checkpoint_to_model
-
-    from .models.checkpoint import read_checkpoint
-    from .models.reparameterize import build_model_from_config
+    from .deploy import build_model_from_config
+    from .models.checkpoint_io import load_model_weights, read_checkpoint
     model = build_model_from_config(config, cfg_options)
     if checkpoint is None:
         model.backbone.init_weights()
@@ -99,14 +117,14 @@ def load_backbone(config: Optional[str] = None,
         ckpt = read_checkpoint(checkpoint, map_location='cpu')
         if not isinstance(ckpt, dict):
             raise ValueError(f'{checkpoint} holds no state dict: it is a {type(ckpt).__name__}')
-        _load_checkpoint_to_model(model, ckpt, strict=True)
+        load_model_weights(model, ckpt, strict=True, source=checkpoint)
     return model.backbone.eval()
 
 
 def fold_backbone(model: nn.Module) -> bool:
     """Put ``model`` in eval mode and fold its norms if it is an unfolded SLAB backbone.
     Returns whether it folded now (False: folded already, or not a SLAB backbone)."""
-    from .models.backbone_utils import SLABBackbone
+    from .models.base_backbone import SLABBackbone
     model.eval()
     if isinstance(model, SLABBackbone) and not getattr(model, 'deploy', False):
         model.switch_to_deploy()
@@ -124,7 +142,8 @@ def export_onnx_bytes(model: nn.Module,
                       shape: Shape = EXPORT_SHAPE,
                       opset: int = OPSET,
                       dynamic: bool = True) -> Tuple[bytes, List[str]]:
-    """``torch.onnx.export`` of ``model`` (in eval mode) on a random input of ``shape``.
+    """``torch.onnx.export`` of ``model`` (in eval mode) on a random input of ``shape``,
+    with the TorchScript exporter (:data:`EXPORTER`).
 
     Returns the serialised model and the distinct ``TracerWarning`` messages of the export
     (each is a value the trace may have frozen). With ``dynamic`` the batch, height and
@@ -142,7 +161,8 @@ def export_onnx_bytes(model: nn.Module,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always', torch.jit.TracerWarning)
         torch.onnx.export(model, (x,), buf, opset_version=opset, input_names=['input'],
-                          output_names=names, dynamic_axes=axes, do_constant_folding=True)
+                          output_names=names, dynamic_axes=axes, do_constant_folding=True,
+                          **torchscript_export_kwargs())
     tracer = list(dict.fromkeys(
         f'{w.filename}:{w.lineno}: {w.message}' for w in caught
         if issubclass(w.category, torch.jit.TracerWarning)))
@@ -223,6 +243,7 @@ class ExportReport:
     checks: List[ShapeCheck] = field(default_factory=list)
     tracer_warnings: List[str] = field(default_factory=list)
     rtol: float = RTOL
+    exporter: str = EXPORTER
 
     @property
     def max_rel_error(self) -> float:
@@ -234,8 +255,9 @@ class ExportReport:
 
     def table(self) -> str:
         fmt = lambda s: 'x'.join(str(v) for v in s)  # noqa: E731
-        lines = [f'{self.model}: ONNX opset {self.opset}, exported at {fmt(self.export_shape)} '
-                 f'(dynamic batch / height / width) in {self.export_seconds:.1f} s, '
+        lines = [f'{self.model}: ONNX opset {self.opset}, {self.exporter}, exported at '
+                 f'{fmt(self.export_shape)} (dynamic batch / height / width) in '
+                 f'{self.export_seconds:.1f} s, '
                  f'{self.onnx_bytes / 2 ** 20:.1f} MiB; ONNX Runtime {self.ort_version} '
                  f'(CPU EP) vs PyTorch {torch.__version__}, float32:',
                  '', '| input (BxCxHxW) | output maps | max rel. error |', '|---|---|---|']
@@ -315,17 +337,13 @@ class OrtTiming:
     rel_error: float = float('nan')    # ORT vs PyTorch at this size
     graph: str = 'dynamic'             # or 're-exported at this size' (frozen shapes)
 
-    @staticmethod
-    def _median(times: List[float]) -> float:
-        return float(np.median(times)) if times else float('nan')
-
     @property
     def torch_median(self) -> float:
-        return self._median(self.torch_times)
+        return median(self.torch_times)
 
     @property
     def ort_median(self) -> float:
-        return self._median(self.ort_times)
+        return median(self.ort_times)
 
 
 @dataclass
@@ -344,15 +362,13 @@ class OrtBenchmarkResult:
                      if t.model == model and tuple(t.size) == tuple(size)), None)
 
     def table(self) -> str:
-        span = lambda ts: (f'{np.median(ts):.3f} [{min(ts):.3f}, {max(ts):.3f}]'  # noqa: E731
-                           if ts else '-')
         lines = [
             f'ONNX Runtime {self.env.get("onnxruntime", "?")} (CPU EP, intra-op threads '
             f'{self.threads}, sequential) vs PyTorch {self.env.get("torch", "?")} '
             f'(torch.no_grad, set_num_threads({self.threads})); batch 1, fp32; median '
             f'[min, max] of {self.repeat} interleaved rounds after {self.warmup} warm-up; '
             f'ONNX exported once at {self.export_size[0]}x{self.export_size[1]} with dynamic '
-            f'batch / height / width (opset {OPSET}); {self.env.get("cpu", "")}',
+            f'batch / height / width (opset {OPSET}, {EXPORTER}); {self.env.get("cpu", "")}',
             '',
             '| backbone | input (HxW) | PyTorch s | ONNX Runtime s | ORT / PyTorch '
             '| ORT vs stock ORT | ORT rel. error | ONNX graph |',
@@ -367,8 +383,8 @@ class OrtBenchmarkResult:
                      f'({min(t.ort_times) / min(t.torch_times):.2f}x)' if t.ort_times else '-')
             h, w = t.size
             lines.append(
-                f'| {self.labels.get(t.model, t.model)} | {h}x{w} | {span(t.torch_times)} '
-                f'| {span(t.ort_times)} | {ratio} | {vs} | {t.rel_error:.1e} | {t.graph} |')
+                f'| {self.labels.get(t.model, t.model)} | {h}x{w} | {spread(t.torch_times)} '
+                f'| {spread(t.ort_times)} | {ratio} | {vs} | {t.rel_error:.1e} | {t.graph} |')
         lines += ['', 'ORT / PyTorch = median latency ratio (< 1: ONNX Runtime faster), '
                   'ratio of the minima in parentheses; ORT vs stock ORT = ONNX Runtime '
                   'latency / that of the mmdet backbone of the same family in ONNX Runtime '
@@ -396,8 +412,6 @@ def ort_latency_benchmark(models: Dict[str, nn.Module],
     and marked), ``warmup - 1`` more untimed rounds, then ``repeat`` rounds timing one
     forward of every pair, the order rotating per round. Same thread count for both
     (``torch.set_num_threads`` / ORT intra-op threads)."""
-    import platform
-
     ort = require_onnxruntime()
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -427,41 +441,30 @@ def ort_latency_benchmark(models: Dict[str, nn.Module],
                                            + _short(check.error or 'wrong output shapes'))
                     cur[name].rel_error = check.max_rel_error
                 feeds = {n: {s.get_inputs()[0].name: x.numpy()} for n, s in sessions.items()}
+                calls = {(n, 'torch'): (lambda n=n: models[n](x)) for n in models}
+                calls.update({(n, 'ort'): (lambda n=n: sessions[n].run(None, feeds[n]))
+                              for n in models})
 
-                def run(name: str, rt: str) -> bool:
-                    if rt == 'torch':
-                        models[name](x)
-                    elif cur[name].graph.startswith('FAILED'):
-                        return False
-                    else:
-                        sessions[name].run(None, feeds[name])
-                    return True
+                def failed(pair) -> bool:
+                    return pair[1] == 'ort' and cur[pair[0]].graph.startswith('FAILED')
 
-                for _ in range(max(warmup - 1, 0)):
-                    for pair in pairs:
-                        run(*pair)
-                for r in range(repeat):
-                    k = r % len(pairs)
-                    for name, rt in pairs[k:] + pairs[:k]:
-                        t0 = time.perf_counter()
-                        if run(name, rt):
-                            dt = time.perf_counter() - t0
-                            (cur[name].torch_times if rt == 'torch'
-                             else cur[name].ort_times).append(dt)
+                def timed(pair) -> None:
+                    if not failed(pair):
+                        name, rt = pair
+                        (cur[name].torch_times if rt == 'torch'
+                         else cur[name].ort_times).append(time_calls(calls[pair]))
+
+                # (the check above was the first untimed call of every pair)
+                warm_up(pairs, max(warmup - 1, 0),
+                        lambda _, pair: None if failed(pair) else calls[pair]())
+                interleaved_rounds(pairs, repeat, timed)
             for t in cur.values():
                 log(f'{t.model:>20} {h}x{w}: PyTorch {t.torch_median:.3f} s, ORT '
                     f'{t.ort_median:.3f} s, rel. error {t.rel_error:.1e} ({t.graph})')
                 timings.append(t)
     finally:
         torch.set_num_threads(prev)
-    cpu = ''
-    try:
-        with open('/proc/cpuinfo') as f:
-            cpu = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')),
-                       '')
-    except OSError:
-        pass
     env = dict(torch=torch.__version__, onnxruntime=ort.__version__,
-               python=platform.python_version(), cpu=cpu)
+               python=platform.python_version(), cpu=cpu_name())
     return OrtBenchmarkResult(timings, threads, repeat, warmup, (h0, w0), env,
                               dict(labels or {}), dict(stock or {}))

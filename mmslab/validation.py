@@ -12,9 +12,9 @@ with a message naming the owner, the argument, the value and what is accepted, e
 ``SLABPVT: frozen_stages must be in [-1, 4], got 7`` or
 ``SLABSwin: num_heads must be a sequence of 4 ints >= 1, got (1, 0, 4, 8): entry 1 is 0``.
 
-:func:`argparse_int` / :func:`argparse_float` wrap the same checks as ``type=`` of an
-``argparse`` argument, so the command-line tools reject bad values with argparse's usual
-``error: argument --iters: ...`` message.
+:func:`argparse_int` / :func:`argparse_float` (and :func:`argparse_path`: a non-empty
+path) wrap the same checks as ``type=`` of an ``argparse`` argument, so the command-line
+tools reject bad values with argparse's usual ``error: argument --iters: ...`` message.
 """
 import argparse
 import math
@@ -166,6 +166,17 @@ def check_int_seq(owner: str, name: str, value: Any, length: Optional[int] = Non
     return tuple(int(v) for v in out)
 
 
+def check_out_indices(owner: str, value: Any, num_stages: int) -> Tuple[int, ...]:
+    """A backbone's ``out_indices``: distinct stage indices (an int or a sequence of ints;
+    negative ones count from the end), returned sorted and non-negative."""
+    values = check_int_seq(owner, 'out_indices', value, scalar=True, min_length=1)
+    out = tuple(sorted(i % num_stages if -num_stages <= i < 0 else i for i in values))
+    if any(not 0 <= i < num_stages for i in out) or len(set(out)) != len(out):
+        raise ValueError(f'{owner}: out_indices={tuple(values)} must be distinct stage '
+                         f'indices in [0, {num_stages - 1}] (or negative, from the end)')
+    return out
+
+
 def check_float_seq(owner: str, name: str, value: Any, length: Optional[int] = None,
                     min: Optional[float] = None, max: Optional[float] = None,
                     min_open: bool = False, max_open: bool = False, length_hint: str = '',
@@ -253,3 +264,10 @@ def argparse_float(min: Optional[float] = None, max: Optional[float] = None,
 
     parse.__name__ = 'float'
     return parse
+
+
+def argparse_path(text: str) -> str:
+    """``type=`` for argparse: a path (not an empty or blank string)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError('must be a path, got an empty string')
+    return text

@@ -1,7 +1,9 @@
 """A tiny mmengine model / dataset / metric with PRepBN, for the hook and BN tests.
 
-Importable as ``_toy`` (the test files put ``tests/`` on ``sys.path``) so that configs
-can load it with ``custom_imports=dict(imports=['_toy'])``.
+Importable as ``_toy`` (``pythonpath`` in pyproject.toml puts ``tests/`` on the pytest
+process's ``sys.path``) so that configs can load it with
+``custom_imports=dict(imports=['_toy'])``; a test that runs such a config in a subprocess
+puts ``tests/`` on its ``PYTHONPATH``.
 """
 import uuid
 from typing import Dict, List, Optional, Sequence, Tuple, Union

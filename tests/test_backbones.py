@@ -1,5 +1,6 @@
-"""SLABPVT / SLABSwin: shapes for any input, options users expect, clear errors, and the
-release checkpoints (full-size, synthesised from the reference key lists)."""
+"""SLABPVT / SLABSwin: shapes for any input, options users expect, the layers, and bad inputs
+explained. (Constructor arguments: tests/test_validation.py; checkpoints, the release's
+included: tests/test_checkpoint_loading.py.)"""
 import copy
 
 import pytest
@@ -9,12 +10,12 @@ from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import mmslab  # noqa: F401  (registers the backbones)
-from mmslab.models import PRepBN, RepBN, SLABPVT, SLABSwin, SimplifiedLinearAttention
-from mmslab.models.checkpoint import convert_checkpoint_file
+from _mini import mini_kwargs
 
-PVT_MINI = dict(embed_dims=[16, 32, 40, 64], num_heads=[1, 2, 5, 8], mlp_ratios=[8, 8, 4, 4],
-                depths=[2, 1, 1, 1])
-SWIN_MINI = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])
+from mmslab.models import PRepBN, SLABPVT, SLABSwin, SimplifiedLinearAttention
+
+PVT_MINI = mini_kwargs('slab_pvt', depths=[2, 1, 1, 1])
+SWIN_MINI = mini_kwargs('slab_swin', embed_dims=32)
 
 
 def build(cls, **kw):
@@ -194,20 +195,7 @@ def test_sla_positional_encoding_resized_to_the_grid():
     assert attn(torch.randn(1, 6 * 10, 8), (6, 10)).shape == (1, 60, 8)
 
 
-# ---------------------------------------------------------------- clear errors
-@pytest.mark.parametrize('build_kw,match', [
-    (dict(arch='huge'), "unknown arch 'huge'"),
-    (dict(**SWIN_MINI, attn_types='LLS'), 'attn_types=.* has 3 entries'),
-    (dict(**SWIN_MINI, attn_types='LLXS'), "'L' \\(SLA\\) or 'S'"),
-    (dict(**SWIN_MINI, out_indices=(4,)), 'out_indices=\\(4,\\)'),
-    (dict(**SWIN_MINI, frozen_stages=5), 'frozen_stages must be in'),
-    (dict(embed_dims=[32, 64], depths=[2, 2], num_heads=[1, 2]), 'embed_dims is one int'),
-])
-def test_swin_bad_arguments(build_kw, match):
-    with pytest.raises((ValueError, TypeError), match=match):
-        SLABSwin(**build_kw)
-
-
+# ---------------------------------------------------------------- bad inputs
 def test_bad_inputs_are_explained():
     pvt = build(SLABPVT, **PVT_MINI).eval()
     with pytest.raises(ValueError, match=r'at least 32x32 pixels, got \(16, 64\)'):
@@ -218,77 +206,3 @@ def test_bad_inputs_are_explained():
         SLABPVT(embed_dims=[16, 32, 40], depths=[1, 1, 1, 1])
     with pytest.raises(ValueError, match='not divisible by num_heads'):
         SLABPVT(embed_dims=[16, 30, 40, 64], depths=[1, 1, 1, 1], num_heads=[1, 4, 5, 8])
-
-
-# ---------------------------------------------------------------- release checkpoints
-@pytest.mark.parametrize('wrap', ['model', 'state_dict', None])
-def test_release_swin_tiny_loads_as_is(release_checkpoint, release_weights, wrap):
-    path = release_checkpoint('slab_swin_tiny', wrap)
-    model = build(SLABSwin, arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=path))
-    ref = release_weights('slab_swin_tiny')
-    own = model.state_dict()
-    assert torch.equal(own['stages.2.blocks.5.attn.qkv.weight'],
-                       ref['layers.2.blocks.5.attn.qkv.weight'])
-    assert torch.equal(own['stages.0.blocks.1.attn.positional_encoding'],
-                       ref['layers.0.blocks.1.attn.positional_encoding'])
-    assert torch.equal(own['stages.1.downsample.norm.norm2.bn.running_var'],
-                       ref['layers.1.downsample.norm.norm2.bn.running_var'])
-    assert torch.equal(own['norm3.weight'], torch.ones(768))  # new output norm at its init
-
-
-def test_release_pvt_tiny_loads_and_runs_non_square(release_checkpoint, release_weights):
-    path = release_checkpoint('slab_pvt_tiny')
-    model = build(SLABPVT, arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=path))
-    ref = release_weights('slab_pvt_tiny')
-    assert torch.equal(model.state_dict()['stages.3.pos_embed'], ref['pos_embed4'])
-    assert torch.equal(model.state_dict()['stages.1.blocks.1.mlp.fc2.bias'],
-                       ref['block2.1.mlp.fc2.bias'])
-    with torch.no_grad():
-        outs = model.eval()(torch.randn(1, 3, 160, 288))
-    assert [tuple(o.shape[2:]) for o in outs] == [(40, 72), (20, 36), (10, 18), (5, 9)]
-
-
-def test_release_swin_window_change_resizes_relative_tables(release_checkpoint):
-    path = release_checkpoint('slab_swin_tiny')
-    model = build(SLABSwin, arch='tiny', window_sizes=(56, 28, 12, 12),
-                  init_cfg=dict(type='Pretrained', checkpoint=path))
-    assert model.stages[2].blocks[0].attn.relative_position_bias_table.shape == (23 * 23, 12)
-
-
-@pytest.mark.parametrize('ckpt,cls,kw,match', [
-    ('slab_swin_tiny', SLABSwin, dict(arch='small'), r'depths \[2, 2, 6, 2\]'),
-    ('slab_swin_small', SLABSwin, dict(arch='tiny'), r'depths \[2, 2, 18, 2\]'),
-    ('slab_swin_tiny', SLABPVT, dict(arch='tiny'), 'release SLAB-Swin'),
-    ('slab_pvt_tiny', SLABSwin, dict(arch='tiny'), 'release SLAB-PVT'),
-    ('slab_pvt_tiny', SLABPVT, dict(arch='small'), r'depths \[2, 2, 2, 2\]'),
-])
-def test_wrong_architecture_is_refused(release_checkpoint, ckpt, cls, kw, match):
-    model = cls(**kw, init_cfg=dict(type='Pretrained', checkpoint=release_checkpoint(ckpt)))
-    with pytest.raises(ValueError, match=match) as err:
-        model.init_weights()
-    assert f'does not fit {cls.__name__}' in str(err.value)
-
-
-def test_convert_tool_output_loads_strictly(release_checkpoint, tmp_path):
-    src = release_checkpoint('slab_swin_tiny')
-    dst = str(tmp_path / 'converted.pth')
-    assert convert_checkpoint_file(src, dst, 'swin') > 0
-    sd = torch.load(dst)['state_dict']
-    model = SLABSwin(arch='tiny')
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    assert unexpected == [] and all(k.startswith('norm') for k in missing)
-    with pytest.raises(ValueError, match='refusing to overwrite'):
-        convert_checkpoint_file(src, src, 'swin')
-    with pytest.raises(ValueError, match='does not look like a SLAB-PVT'):
-        convert_checkpoint_file(src, str(tmp_path / 'x.pth'), 'pvt')
-
-
-def test_detector_checkpoint_backbone_prefix(tmp_path):
-    """A full detector checkpoint of ours can initialise a backbone (``backbone.`` keys)."""
-    src = build(SLABPVT, **PVT_MINI)
-    path = tmp_path / 'det.pth'
-    torch.save({'state_dict': {**{f'backbone.{k}': v for k, v in src.state_dict().items()},
-                               'neck.conv.weight': torch.zeros(1)}}, path)
-    dst = build(SLABPVT, **PVT_MINI, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
-    assert all(torch.equal(v, dst.state_dict()[k]) for k, v in src.state_dict().items())
-    assert isinstance(dst.stages[0].patch_embed.norm.norm2, RepBN)

@@ -1,26 +1,51 @@
-"""Smoke test of the benchmark tool (mini widths, one tiny size, one round)."""
+"""The benchmark tool (tools/benchmark.py, tools/bench/): smoke runs (mini widths, one
+tiny size, one round), the targets table, MAC counting."""
 import os
+import os.path as osp
+import sys
 
 import pytest
 import torch
 
-from mmslab.benchmark import (MODELS, PRESETS, BenchmarkResult, Case, Measurement, count_macs,
-                              main)
-from mmslab.models import SimplifiedLinearAttention
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(ROOT, 'tools'))  # the tools' own modules (bench/)
 
+from bench.cases import PRESETS, Case, make_cases  # noqa: E402
+from bench.macs import count_macs  # noqa: E402
+from bench.models import MODELS  # noqa: E402
+from bench.report import table  # noqa: E402
+from bench.result import BenchmarkResult, Measurement  # noqa: E402
+from bench.run import Options, run_benchmark  # noqa: E402
+from bench.targets import Target, evaluate, load_targets  # noqa: E402
+
+from mmslab.models import SimplifiedLinearAttention  # noqa: E402
+
+
+def main(argv):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('benchmark_cli',
+                                                  osp.join(ROOT, 'tools', 'benchmark.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
 
 
 def test_benchmark_smoke(tmp_path):
     res = main(['--mini', '--sizes', '64x64', '--repeat', '1', '--warmup', '0',
                 '--threads', '1', '--out-dir', str(tmp_path)])
-    table = res.table()
+    text = table(res)
     for label in MODELS.values():
-        assert f'| {label} | 64x64 |' in table
+        assert f'| {label} | 64x64 |' in text
     assert all(m.macs and m.macs > 0 and m.peak_bytes is not None and len(m.times) == 1
                for m in res.measurements)
     assert not any(res.missed_ops.values()), res.missed_ops
-    assert 'Targets:' in (tmp_path / 'benchmark.md').read_text()
+    report = (tmp_path / 'benchmark.md').read_text()
+    assert 'Targets:' in report
+    # every CPU target of the table is reported, measured or not
+    assert report.count('not measured in this run') == len(
+        [t for t in load_targets() if t.device == 'cpu'])
     assert os.path.getsize(tmp_path / 'latency.png') > 0
+    assert not [f for f in os.listdir(tmp_path) if f.endswith('.tmp')]
 
 
 def test_benchmark_train_amp_smoke(tmp_path):
@@ -39,8 +64,7 @@ def test_benchmark_train_amp_smoke(tmp_path):
         assert m.case == Case((64, 64), 2, 'bf16', True)
         assert len(m.times) == 2 and all(t > 0 for t in m.times)
         assert m.macs and m.peak_bytes and m.gflops is None
-    table = res.table()
-    assert '| Swin-T-PRepBN | 64x64 | 2 | train bf16 |' in table
+    assert '| Swin-T-PRepBN | 64x64 | 2 | train bf16 |' in table(res)
     assert 'Targets:' in (tmp_path / 'benchmark.md').read_text()
     assert os.path.getsize(tmp_path / 'latency.png') > 0
     # the models are back in eval mode with lam = 0 after the run
@@ -50,7 +74,7 @@ def test_benchmark_train_amp_smoke(tmp_path):
     assert [(m.model, m.amp) for m in res.measurements] == [
         ('slab_swin_t_deploy', 'fp32'), ('swin_t', 'fp32'),
         ('slab_swin_t_deploy', 'bf16'), ('swin_t', 'bf16')]
-    assert '| SLAB-Swin-T deploy | 48x80 | 1 | eval bf16 |' in res.table()
+    assert '| SLAB-Swin-T deploy | 48x80 | 1 | eval bf16 |' in table(res)
 
 
 def test_benchmark_compile_smoke(tmp_path):
@@ -65,14 +89,12 @@ def test_benchmark_compile_smoke(tmp_path):
     assert (eager.model, compiled.model) == ('slab_pvt_t_deploy', 'slab_pvt_t_deploy+compile')
     assert compiled.first_call > 0 and compiled.graph_breaks == 0
     assert eager.first_call is None
-    assert '| SLAB-PVT-T deploy [compiled] | 64x64 | 1 | eval fp32 |' in res.table()
+    assert '| SLAB-PVT-T deploy [compiled] | 64x64 | 1 | eval fp32 |' in table(res)
 
 
 def test_benchmark_failure_is_reported_and_run_goes_on():
     """A model that fails in a case (an error, CUDA out of memory) is dropped from that
     case and listed; the others are measured (a long GPU run is not lost to one model)."""
-    from mmslab.benchmark import run_benchmark
-
     class Fails(torch.nn.Module):
         def forward(self, x):
             if x.shape[0] > 1:
@@ -88,16 +110,42 @@ def test_benchmark_failure_is_reported_and_run_goes_on():
             return (self.conv(x), )
 
     partial = []
-    res = run_benchmark(['fails', 'conv'], [(16, 16)], repeat=2, warmup=1, threads=1,
-                        factories={'fails': Fails, 'conv': Conv}, batches=(1, 2),
-                        amps=('fp32', 'bf16'), log=lambda s: None, on_case=partial.append)
+    options = Options(models=['fails', 'conv'],
+                      cases=make_cases([(16, 16)], (1, 2), ('fp32', 'bf16')),
+                      repeat=2, warmup=1, threads=1)
+    res = run_benchmark(options, factories={'fails': Fails, 'conv': Conv},
+                        log=lambda s: None, on_case=partial.append)
     assert [(m.model, m.batch, m.amp) for m in res.measurements] == [
         ('fails', 1, 'fp32'), ('conv', 1, 'fp32'), ('fails', 1, 'bf16'), ('conv', 1, 'bf16'),
         ('conv', 2, 'fp32'), ('conv', 2, 'bf16')]
     assert list(res.failures) == ['fails eval fp32 b2 16x16', 'fails eval bf16 b2 16x16']
     assert 'CUDA out of memory (pretend)' in res.failures['fails eval fp32 b2 16x16']
-    assert 'FAILED: fails eval fp32 b2 16x16' in res.table()
+    assert 'FAILED: fails eval fp32 b2 16x16' in table(res)
     assert [len(p.measurements) for p in partial] == [2, 4, 5, 6]
+
+
+@pytest.mark.parametrize('kw,words', [
+    (dict(repeat=0), 'benchmark: repeat must be >= 1, got 0'),
+    (dict(warmup=-1), 'benchmark: warmup must be >= 0, got -1'),
+    (dict(device='tpu'), "benchmark: device must be 'cpu' or 'cuda'"),
+    (dict(cases=[Case((8, 8), 1, 'fp8')]), "benchmark: amp must be one of"),
+    (dict(models=[]), 'benchmark: models must name at least one model'),
+])
+def test_options_are_checked(kw, words):
+    with pytest.raises(ValueError, match=words):
+        Options(**kw)
+
+
+@pytest.mark.parametrize('argv,words', [
+    (['--sizes', '64xq'], 'argument --sizes: a size is HxW'),
+    (['--repeat', '0'], 'argument --repeat: must be >= 1, got 0'),
+    (['--out-dir', ''], 'argument --out-dir: must be a path, got an empty string'),
+])
+def test_cli_arguments_are_validated(argv, words, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert words in capsys.readouterr().err
 
 
 def _fake(model, case, median, peak=None):
@@ -106,8 +154,8 @@ def _fake(model, case, median, peak=None):
 
 
 def test_gpu_preset_and_targets():
-    """``--preset gpu`` is the issue's matrix, and the CUDA targets are read from the
-    right cases (no GPU needed: measurements made up)."""
+    """``--preset gpu`` is the GPU matrix, and the CUDA targets of the table are read from
+    the right cases (no GPU needed: measurements made up)."""
     cases = PRESETS['gpu']
     shapes = {(c.size, c.batch) for c in cases}
     assert shapes == {((800, 1344), 1), ((800, 1344), 2), ((512, 512), 16), ((1600, 2688), 1)}
@@ -124,12 +172,13 @@ def test_gpu_preset_and_targets():
           _fake('swin_t', t16, 0.057, peak=100), _fake('slab_swin_t', t16, 0.075, peak=120)]
     res = BenchmarkResult(ms, [50000.0], 2, 7, 3, dict(torch='x', gpu='H100'), device='cuda',
                           gemm_amp={'fp16': 700000.0})
-    lines = res.targets()
+    targets = load_targets()
+    lines = evaluate(res, targets)
     text = '\n'.join(lines)
-    assert len(lines) == 9
+    assert len(lines) == len([t for t in targets if t.device == 'cuda']) == 9
 
     def line(num, den, case, what='latency'):
-        return next(t for t in lines if t.startswith(f'- {num} / {den} {what} ({case},'))
+        return next(t for t in lines if f': {num} / {den} {what} ({case},' in t)
 
     assert line('SLAB-PVT-T deploy', 'PVT-T (mmdet)', e16).endswith('0.639 (minima: 0.639) -> NOT met')
     assert line('SLAB-Swin-T deploy', 'Swin-T (mmdet)', e16).endswith('-> NOT met')
@@ -140,16 +189,45 @@ def test_gpu_preset_and_targets():
     assert line('SLAB-Swin-T', 'Swin-T (mmdet)', t16).endswith('-> NOT met')  # 1.316
     assert line('SLAB-PVT-T', 'PVT-T (mmdet)', t16, 'memory').endswith('0.900 -> met')
     assert line('SLAB-Swin-T', 'Swin-T (mmdet)', t16, 'memory').endswith('1.200 -> NOT met')
-    assert 'train fp16' in res.table() and 'latency ms' in res.table() and 'TF32' in res.table()
+    out = table(res)
+    assert 'train fp16' in out and 'latency ms' in out and 'TF32' in out
     assert 'target <= 0.3)' not in text  # no CPU target on CUDA
 
     cpu = BenchmarkResult([_fake('pvt_t', e32, 2.46), _fake('slab_pvt_t_deploy', e32, 0.6),
                            _fake('swin_t', e32, 1.82), _fake('slab_swin_t_deploy', e32, 1.35)],
                           [80.0], 2, 3, 1, dict(torch='x'))
-    lines = cpu.targets()
+    lines = evaluate(cpu, targets)
     assert lines[0].endswith('0.244 (minima: 0.244) -> met')  # SLAB-PVT-T deploy <= 0.3
     assert lines[1].endswith('0.742 (minima: 0.742) -> met')  # SLAB-Swin-T deploy <= 0.8
     assert 'target <= 0.3' in lines[0] and 'target <= 0.8' in lines[1]
+    # a target over two cases (the same model at 4x the pixels)
+    big = Case((1600, 2688), 1, 'fp32')
+    cpu.measurements += [_fake('slab_pvt_t', e32, 1.0), _fake('slab_pvt_t', big, 4.1)]
+    scaling = next(t for t in evaluate(cpu, targets) if str(big) in t)
+    assert f'({big} / {e32}, target <= 4.4): 4.100' in scaling and scaling.endswith('-> met')
+
+
+def test_targets_file_errors(tmp_path):
+    good = load_targets()
+    assert all(isinstance(t, Target) for t in good) and good
+    bad = tmp_path / 't.csv'
+    header = 'name,device,statistic,numerator,denominator,case,denominator_case,max_ratio\n'
+    for row, words in ((',tpu,latency,pvt_t,pvt_t,eval fp32 b1 8x8,,1', 'device must be'),
+                       (',cpu,speed,pvt_t,pvt_t,eval fp32 b1 8x8,,1', 'statistic must be'),
+                       (',cpu,latency,resnet,pvt_t,eval fp32 b1 8x8,,1', 'numerator must be'),
+                       (',cpu,latency,pvt_t,pvt_t,eval fp32 8x8,,1', 'a case is'),
+                       (',cpu,latency,pvt_t,pvt_t,eval fp32 b1 8x8,,x', 'max_ratio must be')):
+        bad.write_text(header + row + '\n')
+        with pytest.raises(ValueError, match=f'{bad}, line 2: {words}'):
+            load_targets(str(bad))
+    bad.write_text('name,device\n')
+    with pytest.raises(ValueError, match='the header must be'):
+        load_targets(str(bad))
+
+
+def test_case_text_round_trip():
+    for case in PRESETS['gpu']:
+        assert Case.parse(str(case)) == case
 
 
 def test_sla_macs_are_counted():

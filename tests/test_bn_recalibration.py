@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from mmengine.runner import save_checkpoint
 from torch.utils.data import DataLoader, default_collate
+from _toy import ToyModel, ToyTokens
 
 import mmslab  # noqa: F401
 from mmslab.bn_recalibration import recalibrate_bn, recalibrate_checkpoint
@@ -17,9 +18,6 @@ from mmslab.models.norms import RepBN
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-from _toy import ToyModel, ToyTokens  # noqa: E402
 
 STATS = ('running_mean', 'running_var', 'num_batches_tracked')
 

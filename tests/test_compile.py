@@ -7,29 +7,18 @@ the joint forward/backward graph (AOTAutograd), which is where graph breaks and 
 errors show, without inductor's C++ code generation (minutes on 2 cores). What inductor
 costs and gains is measured by ``tools/benchmark.py --compile``.
 """
+import _mini
 import pytest
 import torch
 
-from mmslab.models import SLABPVT, SLABSwin, set_prepbn_lam
+from mmslab.models import set_prepbn_lam
 
 BACKEND = 'aot_eager'
-
-MINI = {
-    'SLABPVT': lambda: SLABPVT(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1],
-                               drop_path_rate=0.0, norm_eval=False),
-    'PVTPRepBN': lambda: SLABPVT(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1],
-                                 attn_types='SSSS', drop_path_rate=0.0, norm_eval=False),
-    'SLABSwin': lambda: SLABSwin(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
-                                 drop_path_rate=0.0, norm_eval=False),
-    'SwinPRepBN': lambda: SLABSwin(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
-                                   attn_types='SSSS', window_sizes=7, drop_path_rate=0.0,
-                                   norm_eval=False),
-}
 
 
 def _build(name: str, deploy: bool) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = MINI[name]()
+    model = _mini.mini_backbone(name, drop_path_rate=0.0, norm_eval=False)
     model.init_weights()
     model.train()
     with torch.no_grad():  # non-trivial BatchNorm statistics before folding
@@ -47,7 +36,7 @@ def _compile(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize('deploy', [False, True], ids=['trained', 'deploy'])
-@pytest.mark.parametrize('name', list(MINI))
+@pytest.mark.parametrize('name', _mini.MODELS)
 def test_compile_fullgraph_eval(name, deploy):
     """Eval + no_grad (inference), on a size that needs padding (not a multiple of 32)."""
     model = _build(name, deploy)
@@ -60,7 +49,7 @@ def test_compile_fullgraph_eval(name, deploy):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('name', list(MINI))
+@pytest.mark.parametrize('name', _mini.MODELS)
 def test_compile_fullgraph_train(name):
     """Train mode mid-schedule (lam = 0.5: LayerNorm and RepBN both run, batch statistics):
     compiled forward and backward equal eager."""

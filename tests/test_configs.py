@@ -34,7 +34,16 @@ EXPECTED = {
     ('mmseg', 'SLABPVT', 'slab_pvt_tiny.pth', PVT_T),
     'demo/mask_rcnn_slab_pvt_demo.py': ('mmdet', 'SLABPVT', None, [32, 64, 128, 256]),
     'demo/upernet_slab_swin_demo.py': ('mmseg', 'SLABSwin', None, [32, 64, 128, 256]),
+    # the PRepBN study's base (tools/prepbn_study.py sets the backbone per variant): the
+    # detection demo with the study's schedule and lighter RoI heads
+    'study/prepbn_study_base.py': ('mmdet', 'SLABPVT', None, [32, 64, 128, 256]),
 }
+# from-scratch configs -> PRepBNHook decay_iters: the detection demo (and the study base,
+# which inherits it) with the PRepBN study's from-scratch init and schedule (README)
+FROM_SCRATCH_DECAY = {'demo/mask_rcnn_slab_pvt_demo.py': 0.5,
+                      'demo/upernet_slab_swin_demo.py': 0.8,
+                      'study/prepbn_study_base.py': 0.5}
+SCRATCH_RECIPE = dict(type='SLABScratch', linear='mmdet_pvt', repbn_alpha=0.0)
 # backbone architecture each config must build (checked on the built module)
 ARCH = {
     'mask_rcnn_slab_pvt.py': dict(depths=[2, 2, 2, 2], attn_types='LLLL'),
@@ -49,8 +58,8 @@ ARCH = {
 
 
 def _all_configs():
-    """Every model config (configs/mmdeploy/ holds mmdeploy deploy configs, exercised by
-    tests/test_e2e_mmdeploy.py)."""
+    """Every model config, configs/demo/ and configs/study/ included (configs/mmdeploy/
+    holds mmdeploy deploy configs, exercised by tests/test_e2e_mmdeploy.py)."""
     return sorted(
         rel for rel in (osp.relpath(p, CONFIG_DIR)
                         for p in glob.glob(osp.join(CONFIG_DIR, '**', '*.py'), recursive=True))
@@ -92,13 +101,12 @@ def test_config_parses_and_builds(rel):
     assert cfg.custom_imports == dict(imports=['mmslab'], allow_failed_imports=False)
     bb = cfg.model.backbone
     assert bb.type == bb_type
-    if ckpt is None:  # demos train from scratch with the LN -> BN schedule
-        # the detection demo with the PRepBN study's from-scratch init (README)
-        recipe = dict(type='SLABScratch', linear='mmdet_pvt', repbn_alpha=0.0)
-        assert bb.init_cfg == (recipe if rel.startswith('demo/mask_rcnn') else None)
+    if ckpt is None:  # demos (and the study) train from scratch with the LN -> BN schedule
+        # detection: the PRepBN study's from-scratch init (README)
+        assert bb.init_cfg == (SCRATCH_RECIPE if scope == 'mmdet' else None)
         assert bb.norm_eval is False
         hooks = [h for h in cfg.custom_hooks if h.type == 'PRepBNHook']
-        decay = 0.5 if rel.startswith('demo/mask_rcnn') else 0.8  # det: the study's recipe
+        decay = FROM_SCRATCH_DECAY[rel]
         assert len(hooks) == 1 and hooks[0].r0 == 1.0 and hooks[0].decay_iters == decay
     else:  # fine-tuning a released ImageNet checkpoint: pure RepBN, BN frozen
         assert bb.init_cfg == dict(type='Pretrained', checkpoint=RELEASE + ckpt)

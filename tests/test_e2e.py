@@ -25,6 +25,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from _mini import mini_kwargs
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(ROOT, 'tests')
@@ -38,12 +39,12 @@ NUM_TRAIN, NUM_VAL = 8, 4
 TRAIN_ITERS = 4
 PVT_DECAY = 0.5  # PRepBNHook decay of the mini SLAB-PVT detector runs (fraction of max_iters)
 SUBPROCESS_TIMEOUT = 900
-# mini backbones (SLAB-PVT-T / SLAB-Swin-T layouts, much narrower and shallower)
-PVT_MINI = dict(embed_dims=[16, 32, 40, 64], num_heads=[1, 2, 5, 8], mlp_ratios=[8, 8, 4, 4],
-                depths=[1, 1, 1, 1])
+# mini backbones (tests/_mini.py: SLAB-PVT-T / SLAB-Swin-T layouts, much narrower and
+# shallower), merged into the configs' backbones: every structural key is given
+PVT_MINI = mini_kwargs('slab_pvt')
 PVT_MINI_CHANNELS = [16, 32, 40, 64]
-SWIN_MINI = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
-                 window_sizes=(32, 16, 8, 4))  # SLA windows = whole stage at 128 px
+SWIN_MINI = mini_kwargs('slab_swin', embed_dims=32,
+                        window_sizes=(32, 16, 8, 4))  # SLA windows = whole stage at 128 px
 SWIN_MINI_CHANNELS = [32, 64, 128, 256]
 CLASSES = ('circle', 'square', 'triangle', 'star')  # mmslab.datasets.SHAPE_CLASSES
 
@@ -300,16 +301,23 @@ def test_mim_train_test_mask_rcnn_slab_pvt(det_pvt_trained, det_pvt_tested):
     assert all(len(p['pred_instances']['scores']) > 0 for p in preds)
 
 
-@pytest.mark.slow
-def test_mim_train_test_mask_rcnn_slab_swin(e2e_dir, coco_root):
+@pytest.fixture(scope='module')
+def det_swin_cfg(e2e_dir, coco_root):
     """The flagship Mask R-CNN + SLAB-Swin-T config (stock mmdet Swin recipe, PRepBNHook
-    r0=0) with a mini SLAB-Swin, from scratch: `mim train` + `mim test` -> box / mask AP."""
-    cfg = write_config(
+    r0=0) with a mini SLAB-Swin, from scratch."""
+    return write_config(
         osp.join(e2e_dir, 'mask_rcnn_slab_swin_mini.py'), SWIN_DET,
         'backbone_override = dict(pretrain_img_size=image_size, drop_path_rate=0.0,\n'
         '                         norm_eval=False, init_cfg=None, **backbone)\n' + DET_BODY,
         data_root=coco_root, image_size=IMAGE_SIZE, classes=CLASSES, max_iters=TRAIN_ITERS,
         backbone=SWIN_MINI, backbone_channels=SWIN_MINI_CHANNELS)
+
+
+@pytest.mark.slow
+def test_mim_train_test_mask_rcnn_slab_swin(e2e_dir, det_swin_cfg):
+    """The flagship Mask R-CNN + SLAB-Swin-T config with a mini SLAB-Swin, from scratch:
+    `mim train` + `mim test` -> box / mask AP."""
+    cfg = det_swin_cfg
     work_dir = osp.join(e2e_dir, 'work_det_swin')
     mim('train', 'mmdet', cfg, '--work-dir', work_dir,
         log_file=osp.join(e2e_dir, 'train_det_swin.log'))

@@ -1,11 +1,13 @@
 """End to end (slow, CI): a trained SLAB Mask R-CNN through mmdeploy to ONNX Runtime.
 
 A mini SLAB-PVT and a mini SLAB-Swin Mask R-CNN are trained for a few iterations on the
-tiny synthetic COCO set (``mim train``, as in tests/test_e2e.py), then
-``tools/mmdeploy_ort.py`` folds each checkpoint, converts it with mmdeploy 1.3.1
-(``torch2onnx``, configs/mmdeploy/mask-rcnn_onnxruntime_dynamic.py: dynamic batch / height
-/ width), evaluates the ONNX file with mmdeploy's test runner in ONNX Runtime and the
-folded PyTorch model with mmengine's Runner on the same split. Nothing is mocked.
+tiny synthetic COCO set (``mim train``, the fixtures and configs of tests/test_e2e.py),
+then ``tools/mmdeploy_ort.py`` folds each checkpoint, converts it with mmdeploy 1.3.1
+(``torch2onnx`` with torch.onnx's TorchScript exporter; the deploy config
+configs/mmdeploy/mask-rcnn_onnxruntime_dynamic.py, which inherits the one the package
+ships: dynamic batch / height / width), evaluates the ONNX file with mmdeploy's test runner
+in ONNX Runtime and the folded PyTorch model with mmengine's Runner on the same split.
+Nothing is mocked.
 
 Checked: the conversion is exact (ONNX Runtime against the same mmdeploy-rewritten model
 run in PyTorch: boxes / scores / mask probabilities to 1e-3, same labels and detection
@@ -19,60 +21,23 @@ import sys
 
 import pytest
 
-from test_e2e import (CLASSES, DET_BODY, DEMO_DET, IMAGE_SIZE, NUM_TRAIN,  # noqa: E402
-                      NUM_VAL, PVT_MINI, PVT_MINI_CHANNELS, ROOT, SWIN_DET, SWIN_MINI,
-                      SWIN_MINI_CHANNELS, TRAIN_ITERS, check_coco_metrics, mim, run,
-                      write_config)
+from test_e2e import ROOT, TRAIN_ITERS, check_coco_metrics, mim, run  # noqa: E402
+# the mini detectors' fixtures (module-scoped: data written and SLAB-PVT trained here once)
+from test_e2e import (coco_root, det_pvt_cfg, det_pvt_trained, det_swin_cfg,  # noqa: F401,E402
+                      e2e_dir)
 
 TOOL = osp.join(ROOT, 'tools', 'mmdeploy_ort.py')
 EXPORT = osp.join(ROOT, 'tools', 'export_onnx.py')
-# the PRepBN schedule reaches lam = 0 (pure RepBN, foldable) within the run
-PVT_HOOK = (f"custom_hooks = [dict(type='PRepBNHook', r0=1.0, warmup_iters=0, "
-            f"decay_iters={TRAIN_ITERS // 2})]\n")
 
 TINY_AP_DIFF = 0.05  # AP gate of the tiny detectors (see _deploy_and_check)
 
 
 @pytest.fixture(scope='module')
-def work(tmp_path_factory):
-    return tmp_path_factory.mktemp('e2e_mmdeploy')
-
-
-@pytest.fixture(scope='module')
-def coco(work):
-    from mmslab.datasets import make_coco_instances
-    root = osp.join(work, 'coco')
-    make_coco_instances(root, num_train=NUM_TRAIN, num_val=NUM_VAL, image_size=IMAGE_SIZE,
-                        seed=0)
-    return root + '/'
-
-
-def _train(work, name, cfg):
-    work_dir = osp.join(work, f'work_{name}')
-    mim('train', 'mmdet', cfg, '--work-dir', work_dir,
-        log_file=osp.join(work, f'train_{name}.log'))
-    return osp.join(work_dir, f'iter_{TRAIN_ITERS}.pth')
-
-
-@pytest.fixture(scope='module')
-def pvt_detector(work, coco):
-    cfg = write_config(
-        osp.join(work, 'mask_rcnn_slab_pvt_mini.py'), DEMO_DET,
-        'backbone_override = dict(pretrain_img_size=image_size, **backbone)\n' + DET_BODY
-        + PVT_HOOK, data_root=coco, image_size=IMAGE_SIZE, classes=CLASSES,
-        max_iters=TRAIN_ITERS, backbone=PVT_MINI, backbone_channels=PVT_MINI_CHANNELS)
-    return cfg, _train(work, 'pvt', cfg)
-
-
-@pytest.fixture(scope='module')
-def swin_detector(work, coco):
-    cfg = write_config(
-        osp.join(work, 'mask_rcnn_slab_swin_mini.py'), SWIN_DET,
-        'backbone_override = dict(pretrain_img_size=image_size, drop_path_rate=0.0,\n'
-        '                         norm_eval=False, init_cfg=None, **backbone)\n' + DET_BODY,
-        data_root=coco, image_size=IMAGE_SIZE, classes=CLASSES, max_iters=TRAIN_ITERS,
-        backbone=SWIN_MINI, backbone_channels=SWIN_MINI_CHANNELS)
-    return cfg, _train(work, 'swin', cfg)
+def swin_detector(e2e_dir, det_swin_cfg):  # noqa: F811
+    work_dir = osp.join(e2e_dir, 'work_swin')
+    mim('train', 'mmdet', det_swin_cfg, '--work-dir', work_dir,
+        log_file=osp.join(e2e_dir, 'train_swin.log'))
+    return det_swin_cfg, osp.join(work_dir, f'iter_{TRAIN_ITERS}.pth')
 
 
 def _deploy_and_check(work, name, cfg, ckpt):
@@ -85,6 +50,9 @@ def _deploy_and_check(work, name, cfg, ckpt):
                   '--max-ap-diff', str(TINY_AP_DIFF)], osp.join(work, f'ort_{name}.log'))
     with open(osp.join(out_dir, 'report.json')) as f:
         report = json.load(f)
+    # the tool passes the checkout's deploy config (it inherits the packaged one)
+    assert report['deploy_cfg'] == osp.join(ROOT, 'configs', 'mmdeploy',
+                                            'mask-rcnn_onnxruntime_dynamic.py')
     # folded first (tools/deploy.py's fold), the trained checkpoint untouched
     assert report['folded_checkpoint'] == osp.join(out_dir, 'folded.pth')
     assert report['fold_relative_error'] <= 1e-4
@@ -112,18 +80,18 @@ def _deploy_and_check(work, name, cfg, ckpt):
 
 
 @pytest.mark.slow
-def test_mmdeploy_ort_slab_pvt_mask_rcnn(work, pvt_detector):
-    cfg, ckpt = pvt_detector
-    report = _deploy_and_check(work, 'pvt', cfg, ckpt)
+def test_mmdeploy_ort_slab_pvt_mask_rcnn(e2e_dir, det_pvt_cfg, det_pvt_trained):  # noqa: F811
+    work = e2e_dir
+    report = _deploy_and_check(work, 'pvt', det_pvt_cfg, det_pvt_trained['ckpt'])
     # the folded detector's backbone alone, through tools/export_onnx.py --config
     out = osp.join(work, 'pvt_backbone.onnx')
     text, _ = run([sys.executable, EXPORT, out, '--config', report['folded_config'],
                    '--checkpoint', report['folded_checkpoint'], '--shape', '1x3x128x128'],
                   osp.join(work, 'export_pvt_backbone.log'))
-    assert 'passed' in text and osp.isfile(out)
+    assert 'passed' in text and 'TorchScript exporter' in text and osp.isfile(out)
 
 
 @pytest.mark.slow
-def test_mmdeploy_ort_slab_swin_mask_rcnn(work, swin_detector):
+def test_mmdeploy_ort_slab_swin_mask_rcnn(e2e_dir, swin_detector):  # noqa: F811
     cfg, ckpt = swin_detector
-    _deploy_and_check(work, 'swin', cfg, ckpt)
+    _deploy_and_check(e2e_dir, 'swin', cfg, ckpt)

@@ -15,12 +15,9 @@ import sys
 
 import pytest
 
-TESTS = osp.dirname(osp.abspath(__file__))
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
-from test_e2e import (CLASSES, DEMO_DET, DEPLOY, DET_BODY, IMAGE_SIZE, PVT_MINI,  # noqa: E402
-                      PVT_MINI_CHANNELS, ROOT, check_coco_metrics, eval_metrics, json_log,
-                      load_ckpt, mim, write_config)
+from test_e2e import (CLASSES, DEMO_DET, DEPLOY, DET_BODY, IMAGE_SIZE, PVT_MINI,
+                      PVT_MINI_CHANNELS, ROOT, TESTS, check_coco_metrics, eval_metrics,
+                      json_log, load_ckpt, mim, write_config)
 
 NUM_TRAIN, NUM_VAL, BATCH = 8, 4, 2
 ITERS_PER_EPOCH = NUM_TRAIN // BATCH

@@ -1,38 +1,34 @@
 """One model, every device: the SLAB backbones against a float64 reference.
 
 Matrix: SLABPVT ('LLLL'), PVT-PRepBN ('SSSS'), SLABSwin ('LLSS'), Swin-PRepBN ('SSSS',
-window 7) x {train, eval, deploy-folded} x {grad, no_grad, inference_mode} x {float32,
-float64, bfloat16 / float16 autocast, ``.half()`` / ``.bfloat16()`` weights} x {batch 1, 3}
-x odd sizes x {contiguous, channels_last, non-contiguous} inputs, on every device present
-(CPU always, CUDA when there is one). Where the CPU inference path applies (see
+window 7) x {train, eval, deploy-folded} x {float32, float64, bfloat16 / float16 autocast,
+``.half()`` / ``.bfloat16()`` weights}, each case run on three inputs — {batch 1, 3} x odd
+sizes x {contiguous, channels_last, non-contiguous} — that take the three grad modes
+{grad, no_grad, inference_mode} in rotation (every model x form x precision x grad mode and
+x layout combination once, not their full product), on every device present (CPU always,
+CUDA when there is one). Where the CPU inference path applies (see
 :mod:`mmslab.models.cpu_inference`), both it and the reference form are checked. Each
 output is compared with the float64 reference model (same weights, same mode) by its
 largest error relative to the reference's largest magnitude, with a tolerance per
 precision. Plus: training under autocast + GradScaler gives finite gradients
 (``torch.compile(fullgraph=True)``: tests/test_compile.py).
 """
-import copy
-import itertools
 from contextlib import nullcontext
 from typing import Dict, Tuple
 
+import _mini
 import pytest
 import torch
 import torch.nn as nn
 
-from mmslab.models import SLABPVT, SLABSwin, cpu_inference, set_prepbn_lam
+from mmslab.models import cpu_inference, set_prepbn_lam
 from mmslab.models.norms import RepBN
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
-MODELS = {
-    'slab_pvt': (SLABPVT, dict(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1])),
-    'pvt_prepbn': (SLABPVT, dict(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1],
-                                 attn_types='SSSS')),
-    'slab_swin': (SLABSwin, dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
-                                 window_sizes=(16, 8, 7, 7))),
-    'swin_prepbn': (SLABSwin, dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
-                                   attn_types='SSSS', window_sizes=7)),
-}
+# the four mini models of tests/_mini.py; SLAB-Swin with windows (16, 8, 7, 7) rather than
+# the class default (56, 28, 7, 7)
+OVERRIDES = {'slab_swin': dict(window_sizes=(16, 8, 7, 7))}
+MODELS = {name: _mini.mini_spec(name, **OVERRIDES.get(name, {})) for name in _mini.MODELS}
 FORMS = ['train', 'eval', 'deploy']
 GRAD_MODES = {'grad': nullcontext, 'no_grad': torch.no_grad,
               'inference_mode': torch.inference_mode}
@@ -118,35 +114,55 @@ VARIANTS = [(1, SIZES[0], 'contiguous'), (3, SIZES[1], 'channels_last'),
             (3, SIZES[0], 'strided')]
 
 
+def grad_modes_of(form: str, precision: str):
+    """The grad mode of each variant of a (form, precision) case: the three variants take
+    the three grad modes, rotated per case, so that every model x form x precision x grad
+    mode and every model x form x precision x layout combination runs once."""
+    shift = FORMS.index(form) + list(PRECISIONS).index(precision)
+    modes = list(GRAD_MODES)
+    return [modes[(i + shift) % len(modes)] for i in range(len(VARIANTS))]
+
+
 @pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('precision', list(PRECISIONS))
-@pytest.mark.parametrize('grad_mode', list(GRAD_MODES))
 @pytest.mark.parametrize('form', FORMS)
 @pytest.mark.parametrize('name', list(MODELS))
-def test_matches_float64_reference(name, form, grad_mode, precision, device):
+def test_matches_float64_reference(name, form, precision, device):
     dtype, autocast_dtype, tol = PRECISIONS[precision]
     model = random_model(name, form, dtype, device)
-    # where the CPU inference path's rule can hold, check both it and the reference form
-    both = device == 'cpu' and grad_mode != 'grad' and form != 'train' \
-        and precision in ('float32', 'float64')
-    for (batch, hw, layout), cpu_path in itertools.product(VARIANTS, [True, False] if both
-                                                           else [True]):
+    for (batch, hw, layout), grad_mode in zip(VARIANTS, grad_modes_of(form, precision)):
+        # where the CPU inference path's rule can hold, check both it and the reference form
+        both = device == 'cpu' and grad_mode != 'grad' and form != 'train' \
+            and precision in ('float32', 'float64')
         ref = reference(name, form, batch, hw)
         x = inputs(batch, hw, layout, dtype, device)
-        autocast = torch.autocast(device, dtype=autocast_dtype) if autocast_dtype \
-            else nullcontext()
-        with GRAD_MODES[grad_mode](), autocast, cpu_inference.enabled(cpu_path):
-            outs = model(x)
-        assert len(outs) == len(ref) == 4
-        for i, (out, r) in enumerate(zip(outs, ref)):
-            where = f'{name}/{form}/{grad_mode}/{precision}/{device} batch {batch} {hw} ' \
-                    f'{layout} cpu_path={cpu_path} output {i}'
-            assert out.shape == r.shape, where
-            assert out.device.type == device, where
-            if autocast_dtype is None:
-                assert out.dtype == dtype, where
-            err = ((out.detach().double().cpu() - r).abs().max() / r.abs().max()).item()
-            assert err <= tol, f'{where}: relative error {err:.2e} > {tol:g}'
+        for cpu_path in [True, False] if both else [True]:
+            autocast = torch.autocast(device, dtype=autocast_dtype) if autocast_dtype \
+                else nullcontext()
+            with GRAD_MODES[grad_mode](), autocast, cpu_inference.enabled(cpu_path):
+                outs = model(x)
+            assert len(outs) == len(ref) == 4
+            for i, (out, r) in enumerate(zip(outs, ref)):
+                where = f'{name}/{form}/{grad_mode}/{precision}/{device} batch {batch} {hw} ' \
+                        f'{layout} cpu_path={cpu_path} output {i}'
+                assert out.shape == r.shape, where
+                assert out.device.type == device, where
+                if autocast_dtype is None:
+                    assert out.dtype == dtype, where
+                err = ((out.detach().double().cpu() - r).abs().max() / r.abs().max()).item()
+                assert err <= tol, f'{where}: relative error {err:.2e} > {tol:g}'
+
+
+def test_every_combination_is_covered():
+    """The rotation covers every form x precision x grad mode and x layout once."""
+    seen_grad, seen_layout = set(), set()
+    for form in FORMS:
+        for precision in PRECISIONS:
+            for (_, _, layout), mode in zip(VARIANTS, grad_modes_of(form, precision)):
+                seen_grad.add((form, precision, mode))
+                seen_layout.add((form, precision, layout))
+    assert len(seen_grad) == len(FORMS) * len(PRECISIONS) * len(GRAD_MODES)
+    assert len(seen_layout) == len(FORMS) * len(PRECISIONS) * len(LAYOUTS)
 
 
 @pytest.mark.parametrize('device', DEVICES)

@@ -1,6 +1,7 @@
 """ONNX export of the folded SLAB backbones, checked in ONNX Runtime (CPU) at sizes and
 batches other than the export's; the export tool (released files, protected inputs,
-atomic output); the ORT latency benchmark; mmdeploy's custom-op library in our ORT.
+atomic output); the exporter (TorchScript, stated and chosen explicitly); the ORT latency
+benchmark; mmdeploy's custom-op library in our ORT.
 
 Needs the ``deploy`` extra (``make test`` installs it); skipped without onnxruntime.
 """
@@ -17,7 +18,9 @@ import torch.nn.functional as F
 import onnx  # noqa: E402  (the 'deploy' extra, installed by make test)
 import onnxruntime as ort  # noqa: E402
 
-from mmslab.models import RepBN, SLABPVT, SLABSwin  # noqa: E402
+from _fold_terms import randomize_repbn  # noqa: E402
+
+from mmslab.models import SLABPVT, SLABSwin  # noqa: E402
 from mmslab.onnx_export import export_backbone  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -50,12 +53,7 @@ def random_model(cls, kw, seed=0):
                 p.normal_(1.0, 0.1)
             elif p.dim() == 1 or name.endswith(('pos_embed', 'positional_encoding')):
                 p.normal_(0.0, 0.1)
-        for m in model.modules():
-            if isinstance(m, RepBN):
-                m.bn.running_mean.normal_(0, 0.5)
-                m.bn.running_var.uniform_(0.5, 2.0)
-                m.alpha.uniform_(0.5, 1.5)
-    return model.eval()
+    return randomize_repbn(model).eval()
 
 
 def leftovers(folder):
@@ -132,6 +130,7 @@ def test_export_tool_released_imagenet_file(family, release, release_checkpoint,
     text = capsys.readouterr().out
     assert rc == 0, text
     assert 'passed' in text and f'wrote {out}' in text
+    assert 'TorchScript exporter' in text  # the exporter is stated
     rep = json.loads(report.read_text())
     assert rep['passed'] and rep['folded_now'] and rep['max_rel_error'] <= 1e-4
     assert len(rep['checks']) == 3 and osp.getsize(out) > 10 * 2 ** 20  # full-size weights
@@ -146,11 +145,13 @@ def test_export_tool_refuses_shapes_equal_to_export(tmp_path):
 
 def test_benchmark_ort_smoke(tmp_path):
     """`tools/benchmark.py --ort`: ONNX Runtime next to PyTorch, mini widths."""
-    from mmslab.benchmark import MODELS, main
+    import sys
+    sys.path.insert(0, osp.join(ROOT, 'tools'))  # the tool's own modules (bench/)
+    from bench.models import MODELS
     models = ['slab_pvt_t_deploy', 'pvt_t', 'slab_swin_t_deploy', 'swin_t']
-    res = main(['--ort', '--mini', '--models', *models, '--sizes', '64x64', '72x56',
-                '--repeat', '1', '--warmup', '0', '--threads', '1', '--out-dir',
-                str(tmp_path)])
+    res = _tool('benchmark').main([
+        '--ort', '--mini', '--models', *models, '--sizes', '64x64', '72x56', '--repeat', '1',
+        '--warmup', '0', '--threads', '1', '--out-dir', str(tmp_path)])
     table = res.table()
     for name in models:
         for size in ('64x64', '72x56'):
@@ -164,27 +165,96 @@ def test_benchmark_ort_smoke(tmp_path):
     assert json.loads((tmp_path / 'ort.json').read_text())['threads'] == 1
 
 
+# ============================================================================ the exporter
+def test_export_states_and_uses_the_torchscript_exporter(monkeypatch):
+    """Every export passes dynamo=False where torch.onnx.export has that argument (torch
+    >= 2.9 defaults to the dynamo exporter), and the report says which exporter ran."""
+    import functools
+    import inspect
+
+    from mmslab.onnx_export import EXPORTER, export_onnx_bytes, torchscript_export_kwargs
+    has_dynamo = 'dynamo' in inspect.signature(torch.onnx.export).parameters
+    assert torchscript_export_kwargs() == ({'dynamo': False} if has_dynamo else {})
+    seen = []
+    real = torch.onnx.export
+
+    @functools.wraps(real)  # (the same signature, so the same choice)
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get('dynamo', 'absent'))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, 'export', spy)
+    cls, kw = MINIS['pvt_LLLL']
+    export_onnx_bytes(random_model(cls, kw), EXPORT_SHAPE)
+    assert seen == [False if has_dynamo else 'absent']
+    assert 'TorchScript' in EXPORTER
+
+
+def test_mmdeploy_conversion_defaults_to_the_torchscript_exporter(monkeypatch):
+    """mmdeploy 1.3.1 calls torch.onnx.export without dynamo: inside the conversion the
+    call gets dynamo=False where torch has the argument, an explicit value is kept, and
+    the function is restored afterwards (also after an error)."""
+    from mmslab.mmdeploy_ort import torchscript_onnx_export
+
+    calls = []
+
+    def new_style(model, args=(), f=None, *, opset_version=None, dynamo=True):
+        calls.append(dynamo)
+
+    def old_style(model, args, f, export_params=True, opset_version=None):
+        calls.append('no dynamo argument')
+
+    for fake, expected in ((new_style, [False, True]),
+                           (old_style, ['no dynamo argument'] * 2)):
+        monkeypatch.setattr(torch.onnx, 'export', fake)
+        calls.clear()
+        with torchscript_onnx_export():
+            torch.onnx.export('model', 'args', 'f.onnx', opset_version=17)
+            if fake is new_style:
+                torch.onnx.export('model', 'args', 'f.onnx', dynamo=True)
+            else:
+                torch.onnx.export('model', 'args', 'f.onnx', True, 17)
+        assert calls == expected and torch.onnx.export is fake
+        with pytest.raises(RuntimeError, match='boom'):
+            with torchscript_onnx_export():
+                raise RuntimeError('boom')
+        assert torch.onnx.export is fake
+
+
+def test_mmdeploy_roi_align_helper_is_provided_where_torch_removed_it(monkeypatch):
+    """mmdeploy 1.3.1's RoIAlign symbolic imports torch.onnx.symbolic_opset9._cast_Long
+    (removed by torch 2.14): inside the conversion it exists (a Cast to int64), outside
+    the module is as it was."""
+    import importlib
+
+    from mmslab.mmdeploy_ort import _cast_long_symbolic
+    symbolic_opset9 = importlib.import_module('torch.onnx.symbolic_opset9')
+    had = hasattr(symbolic_opset9, '_cast_Long')
+    if had:  # as on a torch that removed it
+        monkeypatch.delattr(symbolic_opset9, '_cast_Long')
+
+    class Graph:
+        def op(self, name, *inputs, **attrs):
+            return name, inputs, attrs
+
+    with _cast_long_symbolic():
+        from torch.onnx.symbolic_opset9 import _cast_Long  # what mmdeploy does
+        name, inputs, attrs = _cast_Long(Graph(), 'x', False)
+    assert (name, inputs) == ('Cast', ('x', )) and int(attrs['to_i']) == 7  # INT64
+    assert not hasattr(symbolic_opset9, '_cast_Long')
+
+
 def test_mmdeploy_custom_ops_run_in_our_onnxruntime():
     """mmdeploy 1.3.1's ORT op library is built against ORT 1.15.1 (and ships that
-    libonnxruntime); it must register and compute in the onnxruntime we install."""
-    import ctypes
-
-    from onnx import TensorProto, helper
-    from mmdeploy.backend.onnxruntime.init_plugins import get_lib_path, get_ops_path
-    assert osp.exists(get_ops_path())
-    ctypes.CDLL(get_lib_path())  # as mmdeploy's ORTWrapper does
-    node = helper.make_node('grid_sampler', ['x', 'grid'], ['y'], domain='mmdeploy',
-                            interpolation_mode=0, padding_mode=0, align_corners=0)
-    info = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)  # noqa: E731
-    graph = helper.make_graph([node], 'g', [info('x'), info('grid')], [info('y')])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17),
-                                                    helper.make_opsetid('mmdeploy', 1)])
-    opts = ort.SessionOptions()
-    opts.register_custom_ops_library(get_ops_path())
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=['CPUExecutionProvider'])
+    libonnxruntime); it must register and compute in the onnxruntime we install: the
+    set-up's own check (tools/check_deploy_env.py: mmdeploy's grid_sampler in a one-node
+    graph, corners exact), then its session against F.grid_sample on random inputs."""
+    import runpy
+    check = runpy.run_path(osp.join(ROOT, 'tools', 'check_deploy_env.py'))
+    sess = check.get('sess')
+    assert sess is not None, 'tools/check_deploy_env.py no longer leaves its session `sess`'
     x = torch.randn(2, 3, 9, 11)
     grid = torch.rand(2, 5, 7, 2) * 2.2 - 1.1
     y = sess.run(None, {'x': x.numpy(), 'grid': grid.numpy()})[0]
-    ref = F.grid_sample(x, grid, 'bilinear', 'zeros', align_corners=False)
+    ref = F.grid_sample(x, grid, 'bilinear', 'zeros', align_corners=True)
     assert np.abs(y - ref.numpy()).max() < 1e-5

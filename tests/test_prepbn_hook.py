@@ -1,7 +1,6 @@
 """PRepBNHook with real mmengine Runners on a tiny CPU model (tests/_toy.py)."""
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import List, Tuple, Union
 
@@ -12,14 +11,10 @@ from mmengine.hooks import Hook
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import HOOKS
 from mmengine.runner import Runner
+from _toy import ToyModel, toy_loader_cfg, toy_runner_cfg
 
 import mmslab  # noqa: F401  (registers PRepBNHook)
 from mmslab.hooks import PRepBNHook
-
-TESTS = str(Path(__file__).resolve().parent)
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
-from _toy import ToyModel, toy_loader_cfg, toy_runner_cfg  # noqa: E402
 
 
 def expected_lam(i: int, r0: float, warmup: int, decay: float) -> float:
@@ -213,7 +208,7 @@ def test_warns_when_decay_outlasts_the_run(tmp_path: Path) -> None:
 def test_registered_and_validated() -> None:
     assert HOOKS.get('PRepBNHook') is PRepBNHook
     hook = HOOKS.build(dict(type='PRepBNHook'))
-    assert (hook.r0, hook.warmup_iters, hook.decay_iters) == (1.0, 0, 0.8)
+    assert (hook.r0, hook.warmup_iters, hook.decay_iters) == (1.0, 0, 0.5)
     bad_value: List[dict] = [dict(r0=-0.1), dict(r0=1.5), dict(warmup_iters=-1),
                              dict(decay_iters=-5), dict(decay_iters=1.5), dict(decay_iters=0.0)]
     for kwargs in bad_value:

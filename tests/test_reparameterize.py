@@ -5,16 +5,16 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from _fold_terms import randomize_repbn
+from _mini import config_kwargs, mini_spec
 
-from mmslab.models import PRepBN, RepBN, SLABPVT, SLABSwin, reparameterize
+from mmslab.models import PRepBN, RepBN, SLABSwin, reparameterize
 
 MINIS = {
-    'pvt_LLLL': (SLABPVT, dict(embed_dims=[16, 32, 40, 64], depths=[2, 1, 1, 1])),
-    'pvt_SSSS': (SLABPVT, dict(embed_dims=[16, 32, 40, 64], depths=[2, 1, 1, 1],
-                               attn_types='SSSS')),
-    'swin_LLSS': (SLABSwin, dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])),
-    'swin_SSSS_w7': (SLABSwin, dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
-                                    attn_types='SSSS', window_sizes=7)),
+    'pvt_LLLL': mini_spec('slab_pvt', depths=[2, 1, 1, 1]),
+    'pvt_SSSS': mini_spec('pvt_prepbn', depths=[2, 1, 1, 1]),
+    'swin_LLSS': mini_spec('slab_swin', embed_dims=32),
+    'swin_SSSS_w7': mini_spec('swin_prepbn', embed_dims=32),
 }
 # non-square, not a multiple of the window (7/28/56) or patch (4), maps smaller than a window
 SHAPES = [(224, 224), (130, 170), (96, 128), (37, 53), (250, 90), (64, 200)]
@@ -28,12 +28,7 @@ def random_model(cls, kw, dtype=torch.float64, seed=0):
         for name, p in model.named_parameters():
             p.normal_(1.0 if (p.dim() == 1 and name.endswith('weight')) else 0.0,
                       0.1 if p.dim() > 1 else 0.3)
-        for m in model.modules():
-            if isinstance(m, RepBN):
-                m.bn.running_mean.normal_(0, 0.5)
-                m.bn.running_var.uniform_(0.5, 2.0)
-                m.alpha.uniform_(0.5, 1.5)
-    return model.eval()
+    return randomize_repbn(model).eval()
 
 
 @pytest.mark.parametrize('name', list(MINIS))
@@ -96,22 +91,20 @@ def test_reparameterize_finds_backbones_in_a_wrapper():
         reparameterize(nn.Linear(2, 2))
 
 
-DET_CFG = '''
+DET_CFG = f'''
 _base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py']
 custom_imports = dict(imports=['mmslab'], allow_failed_imports=False)
 model = dict(
-    backbone=dict(_delete_=True, type='SLABSwin', embed_dims=32, depths=[2, 2, 2, 2],
-                  num_heads=[1, 2, 4, 8]),
+    backbone=dict(_delete_=True, type='SLABSwin', {config_kwargs('slab_swin', embed_dims=32)}),
     neck=dict(in_channels=[32, 64, 128, 256]))
 '''
-SEG_CFG = '''
+SEG_CFG = f'''
 _base_ = ['mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py']
 custom_imports = dict(imports=['mmslab'], allow_failed_imports=False)
 model = dict(
     pretrained=None,
     data_preprocessor=dict(size=None, size_divisor=32),
-    backbone=dict(_delete_=True, type='SLABPVT', embed_dims=[16, 32, 40, 64],
-                  depths=[1, 1, 1, 1], attn_types='LLSS'),
+    backbone=dict(_delete_=True, type='SLABPVT', {config_kwargs('slab_pvt', attn_types='LLSS')}),
     decode_head=dict(in_channels=[16, 32, 40, 64], channels=32),
     auxiliary_head=dict(in_channels=40, channels=16))
 '''
@@ -124,17 +117,12 @@ def test_deploy_tool_on_a_detector_and_a_segmentor(tmp_path, cfg_text):
 
     from mmengine.runner import load_checkpoint
 
-    from mmslab.models.reparameterize import build_model_from_config
+    from mmslab.deploy import build_model_from_config
     config = tmp_path / 'model.py'
     config.write_text(cfg_text)
     model = build_model_from_config(str(config))
     model.init_weights()
-    with torch.no_grad():  # a 'trained' state: random BN statistics and alphas
-        for m in model.backbone.modules():
-            if isinstance(m, RepBN):
-                m.bn.running_mean.normal_(0, 0.5)
-                m.bn.running_var.uniform_(0.5, 2.0)
-                m.alpha.uniform_(0.5, 1.5)
+    randomize_repbn(model.backbone)  # a 'trained' state: random BN statistics and alphas
     ckpt = tmp_path / 'trained.pth'
     torch.save({'state_dict': model.state_dict(), 'meta': {'iter': 7}}, ckpt)
     before = ckpt.read_bytes()

@@ -5,14 +5,14 @@ import math
 
 import pytest
 import torch
+from _mini import mini_kwargs
 from mmengine.registry import MODELS, WEIGHT_INITIALIZERS
 
 import mmslab  # noqa: F401  (registers the backbones and the initializer)
 from mmslab.models import RepBN, SLABPVT, SLABScratchInit, SLABSwin
 
-PVT_MINI = dict(embed_dims=[32, 64, 128, 256], num_heads=[1, 2, 4, 8], mlp_ratios=[4] * 4,
-                depths=[1, 1, 2, 1])
-SWIN_MINI = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])
+PVT_MINI = mini_kwargs('pvt_demo')  # the recipe's model: the demo detector's backbone
+SWIN_MINI = mini_kwargs('slab_swin', embed_dims=32)
 RECIPE = dict(type='SLABScratch', linear='mmdet_pvt', repbn_alpha=0.0)
 
 

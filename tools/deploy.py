@@ -11,27 +11,25 @@ from typing import List, Optional
 
 from mmengine.config import DictAction
 
-from mmslab.models.reparameterize import deploy_checkpoint
-from mmslab.validation import argparse_float, argparse_int
+from mmslab.deploy import deploy_checkpoint
+from mmslab.validation import argparse_float, argparse_int, argparse_path
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config')
-    parser.add_argument('checkpoint', help='trained checkpoint (kept untouched)')
-    parser.add_argument('out', help='where to write the folded checkpoint')
+    parser.add_argument('config', type=argparse_path)
+    parser.add_argument('checkpoint', type=argparse_path,
+                        help='trained checkpoint (kept untouched)')
+    parser.add_argument('out', type=argparse_path,
+                        help='where to write the folded checkpoint')
     parser.add_argument('--shape', type=argparse_int(min=1), nargs=2, default=(256, 320),
                         metavar=('H', 'W'),
                         help='random test image size for the equality check (pixels >= 1)')
     parser.add_argument('--rtol', type=argparse_float(min=0, min_open=True), default=1e-4,
                         help='largest accepted relative feature difference (> 0)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    args = parser.parse_args(argv)
-    for name in ('config', 'checkpoint', 'out'):
-        if not getattr(args, name).strip():
-            parser.error(f'argument {name}: must be a path, got an empty string')
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

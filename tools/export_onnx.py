@@ -10,8 +10,10 @@ From a released ImageNet file (loaded through init_cfg=dict(type='Pretrained', .
     python tools/export_onnx.py slab_pvt_t.onnx --family pvt --arch tiny \\
         --checkpoint slab_pvt_tiny.pth
 
-The backbone is folded (switch_to_deploy) unless it is already, exported with opset 17 and
-a dynamic batch / height / width, then run in ONNX Runtime (CPU) at the --check-shapes
+The backbone is folded (switch_to_deploy) unless it is already, exported with torch.onnx's
+TorchScript exporter (torch.onnx.export(..., dynamo=False) where torch has that argument:
+from torch 2.9 its default is the dynamo exporter) with opset 17 and a dynamic batch /
+height / width, then run in ONNX Runtime (CPU) at the --check-shapes
 (default: 1x3x193x257, 2x3x255x161, 1x3x321x479, none equal to the export --shape) next
 to PyTorch. OUT is written (atomically, never onto an input) only if the largest relative
 error max|ort - torch| / max|torch| is <= --rtol (1e-4). Needs the deploy extra
@@ -25,8 +27,9 @@ import warnings
 from mmengine.config import DictAction
 
 from mmslab.fileio import atomic_write_text, check_outputs
-from mmslab.onnx_export import (CHECK_SHAPES, EXPORT_SHAPE, FAMILIES, OPSET, RTOL,
+from mmslab.onnx_export import (CHECK_SHAPES, EXPORT_SHAPE, EXPORTER, FAMILIES, OPSET, RTOL,
                                 export_backbone, load_backbone)
+from mmslab.validation import argparse_float, argparse_int, argparse_path
 
 
 def parse_shape(text: str):
@@ -39,9 +42,9 @@ def parse_shape(text: str):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, epilog=f'exporter: {EXPORTER}',
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('out', help='the ONNX file to write')
+    parser.add_argument('out', type=argparse_path, help='the ONNX file to write')
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument('--config', help='mmdet / mmseg config whose model.backbone is exported')
     src.add_argument('--family', choices=sorted(FAMILIES),
@@ -53,11 +56,14 @@ def main(argv=None) -> int:
                         help='export input BxCxHxW (default %(default)s)')
     parser.add_argument('--check-shapes', type=parse_shape, nargs='+', default=CHECK_SHAPES,
                         help='ONNX Runtime vs PyTorch at these inputs BxCxHxW')
-    parser.add_argument('--rtol', type=float, default=RTOL)
-    parser.add_argument('--opset', type=int, default=OPSET)
-    parser.add_argument('--threads', type=int, default=None,
+    parser.add_argument('--rtol', type=argparse_float(min=0, min_open=True), default=RTOL)
+    parser.add_argument('--opset', type=argparse_int(min=14), default=OPSET,
+                        help='ONNX opset (>= 14: scaled_dot_product_attention; default '
+                             '%(default)s)')
+    parser.add_argument('--threads', type=argparse_int(min=1), default=None,
                         help='ONNX Runtime intra-op threads for the check')
-    parser.add_argument('--report', help='also write the check as JSON to this file')
+    parser.add_argument('--report', type=argparse_path,
+                        help='also write the check as JSON to this file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
     if args.family and not args.checkpoint:

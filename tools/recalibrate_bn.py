@@ -15,28 +15,24 @@ from mmengine.config import DictAction
 
 import mmslab  # noqa: F401  (registers the SLAB modules)
 from mmslab.bn_recalibration import recalibrate_checkpoint
-from mmslab.validation import argparse_int
+from mmslab.validation import argparse_int, argparse_path
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Re-estimate the RepBN BatchNorm statistics of a checkpoint')
-    parser.add_argument('config', help='config file (mmdet / mmseg / mmengine)')
-    parser.add_argument('checkpoint', help='trained checkpoint')
+    parser.add_argument('config', type=argparse_path,
+                        help='config file (mmdet / mmseg / mmengine)')
+    parser.add_argument('checkpoint', type=argparse_path, help='trained checkpoint')
     parser.add_argument('--iters', type=argparse_int(min=1), required=True,
                         help='number of training batches to estimate the statistics on (>= 1)')
-    parser.add_argument('--out', default=None,
+    parser.add_argument('--out', type=argparse_path, default=None,
                         help='output checkpoint (default: <checkpoint stem>_bnrecal.pth); '
                         'never CONFIG or CHECKPOINT, written atomically')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, e.g. '
                         'train_dataloader.batch_size=4')
-    args = parser.parse_args(argv)
-    for name in ('config', 'checkpoint', 'out'):
-        value = getattr(args, name)
-        if value is not None and not value.strip():
-            parser.error(f'argument {name}: must be a path, got an empty string')
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

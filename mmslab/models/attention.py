@@ -1,4 +1,4 @@
-"""Attention layers of the SLAB backbones (SLAB.md section 2).
+"""Attention layers of the SLAB backbones (docs/method.md, "SLA", "Windows").
 
 * :class:`SimplifiedLinearAttention` (SLA): ReLU kernel, a learnable positional encoding
   added to k before the ReLU, linear-cost normalised attention in at least float32, a
@@ -7,16 +7,23 @@
 * :class:`SpatialReductionAttention`: PVT v1's softmax attention with a strided ``sr``
   conv and a PRepBN on the reduced keys (the PVT-PRepBN variant).
 
+All three have one interface (:class:`TokenMixer`), so that the blocks and the CPU
+inference path never look at which attention they hold:
+
+* ``project(x)``: the per-token part (the qkv projection), which a Swin block runs before
+  it pads and partitions: padded tokens then get exactly the value a zero normalised token
+  gets, ``pad_qkv()``, which stays true after the norm is folded into the projection;
+* ``mix(qkv, hw, mask=None)``: the mixing of tokens, before the output projection;
+* ``mix_inference(qkv, hw, mask=None)``: the same for the CPU inference path
+  (:mod:`.cpu_inference`), which may overwrite ``qkv``;
+* ``forward(x, hw, mask=None) = proj_drop(proj(mix(project(x), hw, mask)))``;
+* ``fold_input_affine(scale, shift)``: fold a per-channel affine map of the input (a
+  converged norm before the attention) into the layers that read the input.
+
 Each is written once, in the reference form that is right on every device and dtype, with
 and without autograd and under autocast, and that traces / compiles with dynamic shapes:
-heads are batched as ``(B, heads, N, head_dim)`` tensors. (The CPU inference path of
-:mod:`.cpu_inference` is a second, measured form of the same math for one explicit case.)
-
-The window attentions split ``project`` (the per-token qkv Linear) from ``mix`` (the
-mixing of tokens, before the output projection ``proj``), so that a Swin block can project
-before it pads and partitions: the padded tokens then get exactly the value a zero
-normalised token gets, ``pad_qkv()``, which stays true after the norm is folded into the
-projection (re-parameterization), and ``proj`` runs on the real tokens only.
+heads are batched as ``(B, heads, N, head_dim)`` tensors. (The CPU inference path is a
+second, measured form of the same math for one explicit case.)
 """
 from typing import Optional, Tuple
 
@@ -25,25 +32,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..validation import check_bool, check_choice, check_float, check_int, check_size_2d
-from .norms import PRepBN, fold_affine_into_linear
+from . import cpu_inference
+from .norms import PRepBN, fold_affine_into_conv_input, fold_affine_into_linear
+from .pos_embed import resize_pos_embed
 
 HW = Tuple[int, int]
-
-
-def resize_pos_embed(pos: torch.Tensor, src_hw: HW, dst_hw: HW) -> torch.Tensor:
-    """Resize a ``(1, H*W, C)`` position table from grid ``src_hw`` to ``dst_hw``
-    (bilinear over the 2-D grid, align_corners=False, as mmdet's PVT does)."""
-    if not torch.jit.is_tracing() and tuple(src_hw) == tuple(dst_hw):
-        return pos  # (a traced graph keeps the resize: it must hold for every input size)
-    if pos.shape[1] != src_hw[0] * src_hw[1]:
-        raise ValueError(f'position table of {pos.shape[1]} entries does not match its '
-                         f'grid {src_hw[0]}x{src_hw[1]}')
-    c = pos.shape[-1]
-    # channels-last in and out: the result is a contiguous token-major (1, H*W, C) table
-    grid = pos.reshape(1, src_hw[0], src_hw[1], c).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.contiguous(memory_format=torch.channels_last), size=tuple(dst_hw),
-                         mode='bilinear', align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, dst_hw[0] * dst_hw[1], c)
 
 
 def _core_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -51,8 +44,60 @@ def _core_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-class SimplifiedLinearAttention(nn.Module):
-    """Simplified linear attention over a ``H x W`` token grid.
+def _check_heads(owner: str, embed_dims: int, num_heads: int) -> None:
+    check_int(owner, 'embed_dims', embed_dims, min=1)
+    check_int(owner, 'num_heads', num_heads, min=1)
+    if embed_dims % num_heads:
+        raise ValueError(f'{owner}: embed_dims {embed_dims} is not divisible by num_heads '
+                         f'{num_heads}')
+
+
+class TokenMixer(nn.Module):
+    """The interface of the SLAB attention layers (see the module docstring).
+
+    Subclasses define ``proj`` (the output Linear), ``proj_drop``, :meth:`project`,
+    :meth:`mix`, :meth:`pad_qkv` and :meth:`fold_input_affine`; :meth:`mix_inference`
+    defaults to :meth:`mix`.
+    """
+
+    proj: nn.Linear
+    proj_drop: nn.Dropout
+    #: whether :meth:`mix` reads Swin's shift mask (a stage builds it only then)
+    uses_shift_mask: bool = False
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised tokens ``(B, N, C)`` -> what :meth:`mix` takes, token by token."""
+        raise NotImplementedError
+
+    def mix(self, qkv: torch.Tensor, hw: HW, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Projected tokens of a ``hw`` grid (or of windows of that size) -> ``(B, N, C)``
+        attention output before ``proj``; ``mask``: Swin's additive shift mask
+        ``(nW, N, N)`` or None."""
+        raise NotImplementedError
+
+    def mix_inference(self, qkv: torch.Tensor, hw: HW,
+                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`mix` for the CPU inference path (eval, no autograd, float32/64 CPU); it
+        may overwrite ``qkv``."""
+        return self.mix(qkv, hw, mask)
+
+    def pad_qkv(self) -> Optional[torch.Tensor]:
+        """What :meth:`project` gives for a zero (normalised) token: the value of padded
+        tokens (None: zeros)."""
+        raise NotImplementedError
+
+    def fold_input_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Make the layer compute on ``x`` what it computed on ``scale * x + shift``
+        (per channel), exactly: the fold of the norm before it."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, hw: HW, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.proj_drop(self.proj(self.mix(self.project(x), hw, mask)))
+
+
+class SimplifiedLinearAttention(TokenMixer):
+    """Simplified linear attention over a ``H x W`` token grid (a whole map in PVT, one
+    window in Swin). ``mix`` ignores ``mask``: SLA has no shift mask (as the release).
 
     Args:
         embed_dims: channels C.
@@ -74,11 +119,7 @@ class SimplifiedLinearAttention(nn.Module):
                  kernel_size: int = 5) -> None:
         super().__init__()
         name = 'SimplifiedLinearAttention'
-        check_int(name, 'embed_dims', embed_dims, min=1)
-        check_int(name, 'num_heads', num_heads, min=1)
-        if embed_dims % num_heads:
-            raise ValueError(f'{name}: embed_dims {embed_dims} is not divisible by num_heads '
-                             f'{num_heads}')
+        _check_heads(name, embed_dims, num_heads)
         pos_grid = check_size_2d(name, 'pos_grid', pos_grid, min=1)
         check_choice(name, 'qkv_layout', qkv_layout, ('qkv', 'q_kv'))
         check_bool(name, 'qkv_bias', qkv_bias)
@@ -117,15 +158,12 @@ class SimplifiedLinearAttention(nn.Module):
                                   kv.out_features)])
         return F.linear(x, torch.cat([q.weight, kv.weight]), bias)
 
-    def mix_tokens(self, x: torch.Tensor, hw: HW) -> torch.Tensor:
-        """Normalised tokens ``(B, H*W, C)`` -> attention output before ``proj``."""
-        return self.mix(self.project(x), hw)
-
-    def mix(self, qkv: torch.Tensor, hw: HW) -> torch.Tensor:
+    def mix(self, qkv: torch.Tensor, hw: HW, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attention over projected tokens ``(B, H*W, 3C)``, before the output projection.
 
         ``out = q (k^T v) / (q . sum_j k_j + 1e-6) + DWC(v)`` per head, computed in at
         least float32 with autocast off (as the release); the result has ``qkv``'s dtype.
+        ``mask`` is ignored.
         """
         b, n, _ = qkv.shape
         if not torch.jit.is_tracing() and n != hw[0] * hw[1]:
@@ -143,6 +181,11 @@ class SimplifiedLinearAttention(nn.Module):
             out = out.transpose(1, 2).reshape(b, n, heads * d)
         return out.to(in_dtype)
 
+    def mix_inference(self, qkv: torch.Tensor, hw: HW,
+                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:func:`~.cpu_inference.sla_mix` (token-major heads, in place)."""
+        return cpu_inference.sla_mix(self, qkv, hw)
+
     def _dwc(self, v: torch.Tensor, hw: HW) -> torch.Tensor:
         """The depthwise conv shared by all heads: ``(B, h, N, d)`` -> ``(B, h, N, d)``
         (heads folded into the batch: one grouped conv)."""
@@ -153,23 +196,29 @@ class SimplifiedLinearAttention(nn.Module):
         return out.reshape(b, heads, d, n).transpose(-2, -1)
 
     def pad_qkv(self) -> Optional[torch.Tensor]:
-        """The projection of a zero (normalised) token: the value of padded tokens."""
         if self.qkv_layout == 'qkv':
             return self.qkv.bias
         if self.q.bias is None:
             return None
         return torch.cat([self.q.bias, self.kv.bias])
 
-    def forward(self, x: torch.Tensor, hw: HW) -> torch.Tensor:
-        return self.proj_drop(self.proj(self.mix_tokens(x, hw)))
+    def fold_input_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        if self.qkv_layout == 'qkv':
+            self.qkv = fold_affine_into_linear(self.qkv, scale, shift)
+        else:
+            self.q = fold_affine_into_linear(self.q, scale, shift)
+            self.kv = fold_affine_into_linear(self.kv, scale, shift)
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(TokenMixer):
     """Swin window softmax attention with relative position bias.
 
-    ``mix`` takes projected windows ``(B*nW, ws*ws, 3C)`` and an optional additive
-    shift mask ``(nW, ws*ws, ws*ws)`` (0 / -100 as in Swin).
+    ``mix`` takes projected windows ``(B*nW, ws*ws, 3C)``, their grid ``hw = (ws, ws)``
+    (checked only) and an optional additive shift mask ``(nW, ws*ws, ws*ws)`` (0 / -100
+    as in Swin).
     """
+
+    uses_shift_mask = True
 
     def __init__(self,
                  embed_dims: int,
@@ -179,12 +228,13 @@ class WindowAttention(nn.Module):
                  attn_drop: float = 0.,
                  proj_drop: float = 0.) -> None:
         super().__init__()
-        if embed_dims % num_heads:
-            raise ValueError(f'embed_dims {embed_dims} is not divisible by num_heads {num_heads}')
+        name = 'WindowAttention'
+        _check_heads(name, embed_dims, num_heads)
+        check_int(name, 'window_size', window_size, min=1)
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.window_size = window_size
-        self.attn_drop = attn_drop
+        self.attn_drop = check_float(name, 'attn_drop', attn_drop, min=0, max=1)
         ws = window_size
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros((2 * ws - 1) * (2 * ws - 1), num_heads))
@@ -198,10 +248,14 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-token projection ``(..., C) -> (..., 3C)`` laid out as [q | k | v]."""
         return self.qkv(x)
 
     def pad_qkv(self) -> Optional[torch.Tensor]:
         return self.qkv.bias
+
+    def fold_input_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        self.qkv = fold_affine_into_linear(self.qkv, scale, shift)
 
     def relative_position_bias(self) -> torch.Tensor:
         """The ``(heads, ws*ws, ws*ws)`` additive bias of every window."""
@@ -209,9 +263,16 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
-    def mix(self, qkv: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _check_windows(self, n: int, hw: HW) -> None:
+        ws = self.window_size
+        if not torch.jit.is_tracing() and (tuple(hw) != (ws, ws) or n != ws * ws):
+            raise ValueError(f'WindowAttention(window_size={ws}) got {n} tokens of a '
+                             f'{hw[0]}x{hw[1]} grid: expected windows of {ws}x{ws} tokens')
+
+    def mix(self, qkv: torch.Tensor, hw: HW, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attention over projected windows ``(B*nW, ws*ws, 3C)``, before ``proj``."""
         bw, n, _ = qkv.shape
+        self._check_windows(n, hw)
         heads, d = self.num_heads, self.embed_dims // self.num_heads
         q, k, v = qkv.reshape(bw, n, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW,h,N,d)
         bias = self.relative_position_bias().to(qkv.dtype)                    # (h, N, N)
@@ -225,9 +286,21 @@ class WindowAttention(nn.Module):
             q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.)
         return out.reshape(bw, heads, n, d).transpose(1, 2).reshape(bw, n, self.embed_dims)
 
+    def mix_inference(self, qkv: torch.Tensor, hw: HW,
+                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:func:`~.cpu_inference.window_softmax_mix` (plain softmax, in place)."""
+        self._check_windows(qkv.shape[1], hw)
+        return cpu_inference.window_softmax_mix(self, qkv, mask)
 
-class SpatialReductionAttention(nn.Module):
-    """PVT v1 softmax attention with spatial reduction (``sr`` conv + PRepBN ``norm``)."""
+
+class SpatialReductionAttention(TokenMixer):
+    """PVT v1 softmax attention with spatial reduction (``sr`` conv + PRepBN ``norm``).
+
+    Its keys and values come from the spatially reduced *map* of the normalised tokens, so
+    nothing per-token runs before the mixing: :meth:`project` returns its input unchanged
+    (and :meth:`pad_qkv` None, a zero token), :meth:`mix` computes q, the reduction, k, v
+    and the attention; ``mask`` is ignored.
+    """
 
     def __init__(self,
                  embed_dims: int,
@@ -239,12 +312,13 @@ class SpatialReductionAttention(nn.Module):
                  ln_eps: float = 1e-6,
                  deploy: bool = False) -> None:
         super().__init__()
-        if embed_dims % num_heads:
-            raise ValueError(f'embed_dims {embed_dims} is not divisible by num_heads {num_heads}')
+        name = 'SpatialReductionAttention'
+        _check_heads(name, embed_dims, num_heads)
+        check_int(name, 'sr_ratio', sr_ratio, min=1)
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.sr_ratio = sr_ratio
-        self.attn_drop = attn_drop
+        self.attn_drop = check_float(name, 'attn_drop', attn_drop, min=0, max=1)
         self.q = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
         self.kv = nn.Linear(embed_dims, embed_dims * 2, bias=qkv_bias or deploy)
         if sr_ratio > 1:
@@ -253,11 +327,17 @@ class SpatialReductionAttention(nn.Module):
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, hw: HW) -> torch.Tensor:
-        return self.proj_drop(self.proj(self.mix_tokens(x, hw)))
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` itself (see the class docstring)."""
+        return x
 
-    def mix_tokens(self, x: torch.Tensor, hw: HW) -> torch.Tensor:
-        """Normalised tokens ``(B, H*W, C)`` -> attention output before ``proj``."""
+    def pad_qkv(self) -> Optional[torch.Tensor]:
+        return None
+
+    def mix(self, qkv: torch.Tensor, hw: HW, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Normalised tokens ``(B, H*W, C)`` (what :meth:`project` returns) -> attention
+        output before ``proj``."""
+        x = qkv
         b, n, c = x.shape
         heads, d = self.num_heads, c // self.num_heads
         q = self.q(x).view(b, n, heads, d).transpose(1, 2)
@@ -269,8 +349,16 @@ class SpatialReductionAttention(nn.Module):
             q, k, v, dropout_p=self.attn_drop if self.training else 0.)
         return out.transpose(1, 2).reshape(b, n, c)
 
+    def fold_input_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Into ``q`` and, with a spatial reduction, ``sr`` (else ``kv``)."""
+        self.q = fold_affine_into_linear(self.q, scale, shift)
+        if self.sr_ratio > 1:
+            self.sr = fold_affine_into_conv_input(self.sr, scale, shift)
+        else:
+            self.kv = fold_affine_into_linear(self.kv, scale, shift)
+
     def switch_to_deploy(self) -> None:
         """Fold the reduced keys' PRepBN into ``kv``."""
-        if isinstance(getattr(self, 'norm', None), PRepBN):
+        if self.sr_ratio > 1 and isinstance(self.norm, PRepBN):
             self.kv = fold_affine_into_linear(self.kv, *self.norm.affine())
             self.norm = nn.Identity()

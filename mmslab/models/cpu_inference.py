@@ -6,7 +6,8 @@ block is in eval mode, the input is a float32 / float64 CPU tensor, autograd is 
 (``torch.no_grad()`` / ``torch.inference_mode()``), autocast is off for CPU, nothing is
 being traced, scripted or compiled, and the path is enabled (:func:`enabled`; on by
 default, ``MMSLAB_CPU_FAST_PATH=0`` in the environment or ``with enabled(False):`` turns it
-off). Everything else — CUDA, training, autograd, autocast, half / bfloat16 weights, ONNX
+off; the switch is a context variable: it holds for the thread / asyncio task that set it).
+Everything else — CUDA, training, autograd, autocast, half / bfloat16 weights, ONNX
 export, ``torch.compile`` — runs the reference form. The tests run both forms on the same
 cases against a float64 reference.
 
@@ -23,41 +24,57 @@ memory. Here:
   residual add costs no pass over the tokens;
 * the MLP runs over chunks of tokens, so its ``mlp_ratio``-times wider hidden layer is a
   recycled temporary instead of a fresh full-size tensor;
-* Swin's pad + roll + partition (and the inverse) are one cached row gather each, and the
-  window softmax runs in place.
+* Swin's pad + roll + partition (and the inverse) are one cached row gather each
+  (:func:`~.windows.window_gather_index`), and the window softmax runs in place.
+
+The blocks here use only the attention interface (:class:`~.attention.TokenMixer`):
+``project``, ``mix_inference`` (SLA's is :func:`sla_mix`, the window attention's
+:func:`window_softmax_mix`, the others' their ``mix``), ``proj``.
 """
 import os
 from contextlib import contextmanager
-from functools import lru_cache
+from contextvars import ContextVar
 from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..validation import check_bool
+from .pos_embed import resize_pos_embed
+from .windows import window_gather_index
+
 HW = Tuple[int, int]
 
-_ENABLED = os.environ.get('MMSLAB_CPU_FAST_PATH', '1') != '0'
+#: on unless ``MMSLAB_CPU_FAST_PATH=0``: the value of every thread / task that did not set it
+_ENABLED: ContextVar[bool] = ContextVar(
+    'mmslab_cpu_fast_path', default=os.environ.get('MMSLAB_CPU_FAST_PATH', '1') != '0')
 
 
 @contextmanager
 def enabled(flag: bool) -> Iterator[None]:
     """``with enabled(False):`` runs the reference form everywhere (and ``True`` the
-    CPU path wherever :func:`applies`)."""
-    global _ENABLED
-    old, _ENABLED = _ENABLED, bool(flag)
+    CPU path wherever :func:`applies`), in the current thread / asyncio task only (a
+    context variable: other threads keep their own setting)."""
+    token = _ENABLED.set(check_bool('cpu_inference.enabled', 'flag', flag))
     try:
         yield
     finally:
-        _ENABLED = old
+        _ENABLED.reset(token)
+
+
+def is_enabled() -> bool:
+    """Whether the CPU inference path is switched on in the current thread / task."""
+    return _ENABLED.get()
 
 
 def applies(x: torch.Tensor, module: nn.Module) -> bool:
     """The explicit rule: the CPU inference path runs ``module`` on ``x`` iff this holds."""
-    return (_ENABLED and not module.training and x.device.type == 'cpu'
-            and x.dtype in (torch.float32, torch.float64) and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled('cpu') and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
+    # compiling / tracing / scripting first: the rest is never looked at while tracing
+    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting() and _ENABLED.get() and not module.training
+            and x.device.type == 'cpu' and x.dtype in (torch.float32, torch.float64)
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled('cpu'))
 
 
 # ------------------------------------------------------------------------ building blocks
@@ -99,7 +116,6 @@ def sla_mix(attn: nn.Module, qkv: torch.Tensor, hw: HW) -> torch.Tensor:
     """:meth:`SimplifiedLinearAttention.mix` for a float32/64 CPU ``qkv`` that it may
     overwrite: token-major heads, in-place activations, the depthwise conv as the output
     buffer (see the module docstring)."""
-    from .attention import resize_pos_embed
     b, n, _ = qkv.shape
     c, d = attn.embed_dims, attn.head_dims
     if n != hw[0] * hw[1]:
@@ -147,31 +163,6 @@ def window_softmax_mix(attn: nn.Module, qkv: torch.Tensor,
     return out.reshape(bw, heads, n, d).transpose(1, 2).reshape(bw, n, attn.embed_dims)
 
 
-@lru_cache(maxsize=32)
-def window_gather_index(h: int, w: int, ws: int, shift: int,
-                        device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indices that do pad-to-whole-windows, roll by ``-shift`` and partition in one gather.
-
-    Returns ``(gather, pad, inverse)``: windowed token ``i`` is token ``gather[i]`` of the
-    ``h*w`` map (``pad`` lists the windowed positions that are padding, their ``gather`` is
-    0); token ``t`` of the map is windowed token ``inverse[t]`` (un-partition, roll back,
-    crop).
-    """
-    from .slab_swin import window_partition
-    hp, wp = (h + ws - 1) // ws * ws, (w + ws - 1) // ws * ws
-    with torch.inference_mode(False):  # cached: must not be inference tensors
-        grid = torch.arange(hp * wp, device=device).view(1, hp, wp, 1)
-        if shift:
-            grid = torch.roll(grid, (-shift, -shift), dims=(1, 2))
-        order = window_partition(grid, ws).flatten()
-        row, col = order // wp, order % wp
-        valid = (row < h) & (col < w)
-        gather = torch.where(valid, row * w + col, 0)
-        inverse = torch.empty(h * w, dtype=torch.long, device=device)
-        inverse[gather[valid]] = torch.arange(order.numel(), device=device)[valid]
-        return gather, (~valid).nonzero().flatten(), inverse
-
-
 def _batched(index: torch.Tensor, b: int, n: int) -> torch.Tensor:
     """``index`` into each of ``b`` stacked length-``n`` sequences (rows of a flat tensor)."""
     if b == 1:
@@ -183,11 +174,7 @@ def _batched(index: torch.Tensor, b: int, n: int) -> torch.Tensor:
 def pvt_block(block: nn.Module, x: torch.Tensor, hw: HW) -> torch.Tensor:
     """:meth:`SLABPVTBlock.forward` (eval, no autograd, float32/64 CPU)."""
     attn = block.attn
-    y = block.norm1(x)
-    if hasattr(attn, 'dwc'):  # SLA
-        mixed = sla_mix(attn, attn.project(y), hw)
-    else:
-        mixed = attn.mix_tokens(y, hw)
+    mixed = attn.mix_inference(attn.project(block.norm1(x)), hw)
     x = linear_residual(x, mixed, attn.proj)
     return mlp_residual(x, block.norm2, block.mlp)
 
@@ -204,10 +191,7 @@ def swin_block(block: nn.Module, x: torch.Tensor, hw: HW,
         pad = block.pad_value()
         windows[_batched(pad_pos, b, gather.numel())] = 0 if pad is None else pad.to(qkv.dtype)
     windows = windows.view(-1, ws * ws, 3 * c)
-    if block.attn_type == 'L':
-        out = sla_mix(block.attn, windows, (ws, ws))
-    else:
-        out = window_softmax_mix(block.attn, windows, mask if s else None)
+    out = block.attn.mix_inference(windows, (ws, ws), mask if s else None)
     out = out.reshape(-1, c).index_select(0, _batched(inverse, b, gather.numel()))
     x = linear_residual(x, out.view(b, n, c), block.attn.proj)
     return mlp_residual(x, block.norm2, block.mlp)

@@ -1,10 +1,10 @@
-"""RepBN and the progressive re-parameterized norm PRepBN (SLAB.md section 1).
+"""RepBN and the progressive re-parameterized norm PRepBN (docs/method.md, "Norms").
 
 Both act on token tensors ``(B, N, C)``; BatchNorm statistics are taken over batch *and*
 tokens. ``PRepBN.lam`` is set from outside (``PRepBNHook``): the module never counts its
 forward calls.
 """
-from typing import Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 import torch
 import torch.nn as nn
@@ -74,17 +74,26 @@ class PRepBN(nn.Module):
     RepBN. Training runs both branches at any ``lam``, as the release: RepBN's running
     statistics are tracked while ``lam = 1`` and every parameter takes part in the graph
     (DistributedDataParallel requires it: skipping the LayerNorm at ``lam = 0`` would leave
-    its parameters without gradients). In eval mode a branch of weight 0 is skipped.
+    its parameters without gradients).
 
-    ``lam`` is a persistent buffer, so it travels with the weights (key ``<prefix>lam``); a
-    state dict without it (the release files, older mmslab checkpoints) loads as
-    ``lam = 0``. Set it with ``norm.lam = value`` (or :func:`set_prepbn_lam`; the
-    :class:`~mmslab.hooks.PRepBNHook` does it from the runner's iteration), never by
-    writing into the tensor: the module keeps a Python copy of the value so that choosing
-    the eval branches costs no device synchronisation.
+    ``lam`` is a persistent float64 buffer, the only place the value lives: whatever sets
+    it (``norm.lam = 0.3``, ``norm.lam = tensor``, :func:`set_prepbn_lam`, the
+    :class:`~mmslab.hooks.PRepBNHook`, ``load_state_dict``, ``torch.func.functional_call``)
+    is what ``forward`` and :meth:`affine` read. It travels with the weights (key
+    ``<prefix>lam``); a state dict without it (the release files, older mmslab checkpoints)
+    loads as ``lam = 0``. It stays an exact float64 under ``.half()`` / ``.to(dtype)`` /
+    ``.double()`` (device moves apply).
+
+    In eval mode a branch of weight 0 is skipped where reading ``lam`` is free and safe: a
+    CPU buffer that does not require grad, outside tracing, scripting and compiling.
+    Everywhere else (a CUDA buffer: no device synchronisation per norm; torch.compile, ONNX
+    tracing, functorch transforms) both branches run, branch-free; that is exact at
+    ``lam`` in {0, 1} (``0 * y`` and ``1 * y`` are exact, LayerNorm's output is finite).
 
     Sub-module names ``norm1`` (LayerNorm) and ``norm2`` (RepBN) follow the release.
     """
+
+    lam: torch.Tensor
 
     def __init__(self,
                  channels: int,
@@ -101,17 +110,42 @@ class PRepBN(nn.Module):
         self.norm1 = nn.LayerNorm(channels, eps=ln_eps)
         self.norm2 = RepBN(channels, eps=bn_eps, momentum=momentum)
         self.register_buffer('lam', torch.zeros((), dtype=torch.float64))  # exact: a double
-        self._lam = 0.0
 
-    def __setattr__(self, name: str, value) -> None:
-        if name == 'lam' and not isinstance(value, torch.Tensor) and 'lam' in self._buffers:
-            lam = float(value)
-            if not 0.0 <= lam <= 1.0:
-                raise ValueError(f'PRepBN lam must be in [0, 1], got {value!r}')
-            self._buffers['lam'].fill_(lam)
-            object.__setattr__(self, '_lam', lam)
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == 'lam' and 'lam' in self.__dict__.get('_buffers', {}):
+            self._set_lam(value)
             return
         super().__setattr__(name, value)
+
+    def _set_lam(self, value: Any) -> None:
+        """``norm.lam = value``: a number in [0, 1] or a one-element tensor (kept as a
+        float64 buffer on the module's device)."""
+        buf = self._buffers['lam']
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ValueError(f'PRepBN: lam must be one number in [0, 1] (a float or a '
+                                 f'one-element tensor), got a tensor of shape '
+                                 f'{tuple(value.shape)}')
+            lam = value.reshape(()).to(device=buf.device, dtype=torch.float64, copy=True)
+            known = _read_free(lam)
+            if known is not None and not 0.0 <= known <= 1.0:
+                raise ValueError(f'PRepBN: lam must be in [0, 1], got {known!r}')
+            self._buffers['lam'] = lam
+            return
+        lam = check_float('PRepBN', 'lam', value, min=0, max=1)
+        with torch.no_grad():
+            buf.fill_(lam)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor],
+               recurse: bool = True) -> 'PRepBN':
+        # .half() / .to(dtype) convert every floating buffer; lam keeps its exact float64
+        # value (and follows a device move)
+        lam = self._buffers['lam']
+        super()._apply(fn, recurse)
+        new = self._buffers['lam']
+        if new is not None and new.dtype != torch.float64:
+            self._buffers['lam'] = lam.to(device=new.device)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.channels:
@@ -128,32 +162,68 @@ class PRepBN(nn.Module):
 
     def _mix(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            if self._lam == 0.0:
+            known = _read_free(self.lam)
+            if known == 0.0:
                 return self.norm2(x)
-            if self._lam == 1.0:
+            if known == 1.0:
                 return self.norm1(x)
         lam = self.lam
         return lam * self.norm1(x) + (1.0 - lam) * self.norm2(x)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any,
+                              **kwargs: Any) -> None:
         # files without lam (release checkpoints, older mmslab ones) hold converged models
         state_dict.setdefault(prefix + 'lam', torch.zeros((), dtype=torch.float64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        object.__setattr__(self, '_lam', float(self.lam))
+        lam = self._buffers['lam']
+        if lam.dtype != torch.float64:  # load_state_dict(..., assign=True) of a cast file
+            self._buffers['lam'] = lam.to(torch.float64)
 
-    def affine(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The map of a converged (``lam = 0``) eval-mode PRepBN: ``y = scale * x + shift``.
-        Raises for ``lam != 0``: LayerNorm is not an affine map and cannot be folded."""
-        if self._lam != 0.0:
+    def check_foldable(self) -> None:
+        """Raise unless this PRepBN is an affine map (``lam = 0``): LayerNorm does not fold."""
+        lam = float(self.lam)
+        if lam != 0.0:
             raise ValueError(
-                f'cannot fold a PRepBN with lam={self._lam:g}: only a converged PRepBN '
+                f'cannot fold a PRepBN with lam={lam:g}: only a converged PRepBN '
                 '(lam = 0, pure RepBN) is an affine map; this model still mixes in '
                 'LayerNorm. Train until the PRepBNHook schedule reaches lam = 0, or '
                 'fine-tune with lam = 0 (PRepBNHook r0=0.0) before folding.')
+
+    def affine(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The map of a converged (``lam = 0``) eval-mode PRepBN: ``y = scale * x + shift``.
+        Raises for ``lam != 0`` (see :meth:`check_foldable`)."""
+        self.check_foldable()
         return self.norm2.affine()
 
     def extra_repr(self) -> str:
-        return f'lam={self._lam:g}'
+        try:
+            return f'lam={float(self.lam):g}'
+        except (RuntimeError, ValueError):  # a meta / fake tensor has no value
+            return 'lam=?'
+
+
+def _read_free(lam: torch.Tensor) -> Optional[float]:
+    """``lam`` as a float where reading it costs nothing and changes nothing: a CPU tensor
+    that does not require grad, read eagerly (not while compiling, tracing or scripting,
+    and not a functorch-wrapped or fake tensor, whose value cannot be read). Else None."""
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+            or lam.device.type != 'cpu' or lam.requires_grad):
+        return None
+    try:
+        return float(lam)
+    except Exception:  # noqa: BLE001 -- vmap / fake / fx proxies raise various types
+        return None
+
+
+FoldedT = TypeVar('FoldedT', nn.Linear, nn.Conv2d)
+
+
+def _keep_requires_grad(new: FoldedT, weight: torch.Tensor) -> FoldedT:
+    """The folded layer's weight and bias require grad as the original weight did (a
+    frozen layer stays frozen)."""
+    new.weight.requires_grad_(weight.requires_grad)
+    new.bias.requires_grad_(weight.requires_grad)
+    return new
 
 
 @torch.no_grad()
@@ -169,9 +239,7 @@ def fold_affine_into_linear(linear: nn.Linear, scale: torch.Tensor,
         bias = bias + linear.bias.to(acc)
     new.weight.copy_((w.to(acc) * scale.to(acc)).to(w.dtype))
     new.bias.copy_(bias.to(w.dtype))
-    new.weight.requires_grad_(w.requires_grad)
-    new.bias.requires_grad_(w.requires_grad)
-    return new
+    return _keep_requires_grad(new, w)
 
 
 @torch.no_grad()
@@ -186,7 +254,7 @@ def fold_affine_into_conv(conv: nn.Conv2d, scale: torch.Tensor,
     bias = conv.bias.to(acc) if conv.bias is not None else torch.zeros_like(shift, dtype=acc)
     new.weight.copy_((w.to(acc) * scale.to(acc).view(-1, 1, 1, 1)).to(w.dtype))
     new.bias.copy_((bias * scale.to(acc) + shift.to(acc)).to(w.dtype))
-    return new
+    return _keep_requires_grad(new, w)
 
 
 @torch.no_grad()
@@ -205,7 +273,7 @@ def fold_affine_into_conv_input(conv: nn.Conv2d, scale: torch.Tensor,
     new.weight.copy_((w.to(acc) * scale.to(acc).view(1, -1, 1, 1)).to(w.dtype))
     new.bias.copy_((bias + (w.to(acc) * shift.to(acc).view(1, -1, 1, 1)).sum((1, 2, 3)))
                    .to(w.dtype))
-    return new
+    return _keep_requires_grad(new, w)
 
 
 def set_prepbn_lam(model: nn.Module, lam: float) -> int:

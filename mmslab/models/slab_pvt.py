@@ -1,4 +1,4 @@
-"""SLAB-PVT: PVT v1 with simplified linear attention and PRepBN (SLAB.md section 3).
+"""SLAB-PVT: PVT v1 with simplified linear attention and PRepBN (docs/method.md, "SLAB-PVT").
 
 One :class:`SLABPVTStage` per stage: patch embedding (strided conv -> PRepBN) -> + the
 stage's absolute position embedding (resized bilinearly to the input's grid) -> dropout
@@ -6,7 +6,7 @@ stage's absolute position embedding (resized bilinearly to the input's grid) -> 
 reduction, as the release), ``'S'`` = PVT's spatial-reduction softmax attention (the
 PVT-PRepBN variant).
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -14,14 +14,15 @@ import torch.utils.checkpoint as cp
 from mmengine.registry import MODELS
 from timm.layers import DropPath, Mlp
 
-from ..validation import (check_bool, check_float, check_float_seq, check_int, check_int_seq,
-                          check_size_2d, check_str_letters)
-from .attention import SimplifiedLinearAttention, SpatialReductionAttention, resize_pos_embed
-from .backbone_utils import SLABBackbone, check_out_indices, resolve_arch
+from ..validation import check_int_seq, check_size_2d, check_str_letters
 from . import cpu_inference
-from .checkpoint import convert_slab_pvt
+from .arch import PVT_ARCHS, PVTArch
+from .attention import SimplifiedLinearAttention, SpatialReductionAttention, TokenMixer
+from .base_backbone import SLABBackbone
 from .embed import PatchEmbed
-from .norms import PRepBN, fold_affine_into_conv_input, fold_affine_into_linear
+from .key_conversion import convert_slab_pvt
+from .norms import PRepBN, fold_affine_into_linear
+from .pos_embed import resize_pos_embed
 
 HW = Tuple[int, int]
 LN_EPS = 1e-6  # SLAB-PVT's LayerNorm eps
@@ -44,6 +45,7 @@ class SLABPVTBlock(nn.Module):
                  deploy: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.Identity() if deploy else PRepBN(embed_dims, ln_eps=LN_EPS)
+        self.attn: TokenMixer
         if attn_type == 'L':
             self.attn = SimplifiedLinearAttention(embed_dims, num_heads, pos_grid, 'q_kv',
                                                   qkv_bias or deploy, drop)
@@ -64,13 +66,7 @@ class SLABPVTBlock(nn.Module):
     def switch_to_deploy(self) -> None:
         if not isinstance(self.norm1, PRepBN):
             return
-        scale, shift = self.norm1.affine()
-        attn = self.attn
-        attn.q = fold_affine_into_linear(attn.q, scale, shift)
-        if getattr(attn, 'sr_ratio', 1) > 1:
-            attn.sr = fold_affine_into_conv_input(attn.sr, scale, shift)
-        else:
-            attn.kv = fold_affine_into_linear(attn.kv, scale, shift)
+        self.attn.fold_input_affine(*self.norm1.affine())
         self.mlp.fc1 = fold_affine_into_linear(self.mlp.fc1, *self.norm2.affine())
         self.norm1 = nn.Identity()
         self.norm2 = nn.Identity()
@@ -126,26 +122,26 @@ class SLABPVT(SLABBackbone):
     """SLAB-PVT backbone (PVT v1 skeleton, SLA, PRepBN) for dense prediction.
 
     Args:
-        arch: ``'tiny' | 'small' | 'medium' | 'large'``; explicit ``embed_dims``,
+        arch: ``'tiny' | 'small' | 'medium' | 'large'`` (:data:`~.arch.PVT_ARCHS`), a dict
+            of the settings or a :class:`~.arch.PVTArch`; explicit ``embed_dims``,
             ``num_heads``, ``mlp_ratios``, ``depths`` (lists) override the preset.
         attn_types: one letter per stage: ``'L'`` SLA (SLAB-PVT, ``'LLLL'``), ``'S'`` PVT's
             spatial-reduction softmax attention (``'SSSS'`` = PVT-PRepBN).
         sr_ratios: spatial-reduction ratios of ``'S'`` stages.
         pretrain_img_size: image size the position tables were trained for (224); they
             are resized to every input's token grid at run time.
-        out_indices / frozen_stages (-1 none; i freezes stages 0..i-1) / norm_eval /
-            with_cp / deploy / init_cfg: as in :class:`SLABSwin`.
+        out_indices: stages whose maps ``forward`` returns.
+        frozen_stages: as mmdet's Swin / ResNet (and :class:`SLABSwin`): -1 nothing; 0 the
+            stem, i.e. stage 0's patch embedding, its position table ``pos_embed`` and the
+            dropout after it; ``k >= 1`` the stem and stages ``0..k-1`` with everything they
+            hold. (mmdet 3.x's ``PyramidVisionTransformer`` has no ``frozen_stages``.)
+        norm_eval / with_cp / deploy / init_cfg: as in :class:`SLABSwin`.
     """
-    arch_zoo = {
-        name: dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8),
-                   mlp_ratios=(8, 8, 4, 4), depths=depths)
-        for name, depths in (('tiny', (2, 2, 2, 2)), ('small', (3, 4, 6, 3)),
-                             ('medium', (3, 4, 18, 3)), ('large', (3, 8, 27, 3)))
-    }
+    arch_zoo = PVT_ARCHS
     convert_checkpoint = staticmethod(convert_slab_pvt)
 
     def __init__(self,
-                 arch: str = 'tiny',
+                 arch: Union[str, Dict[str, Any], PVTArch] = 'tiny',
                  embed_dims: Optional[Sequence[int]] = None,
                  num_heads: Optional[Sequence[int]] = None,
                  mlp_ratios: Optional[Sequence[float]] = None,
@@ -163,49 +159,30 @@ class SLABPVT(SLABBackbone):
                  norm_eval: bool = True,
                  with_cp: bool = False,
                  deploy: bool = False,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         name = 'SLABPVT'
-        cfg = resolve_arch(name, self.arch_zoo, arch, embed_dims=embed_dims,
-                           num_heads=num_heads, mlp_ratios=mlp_ratios, depths=depths)
-        depths = list(check_int_seq(name, 'depths', cfg['depths'], min=1, min_length=1))
-        num_stages = len(depths)
+        preset = PVTArch.resolve(name, self.arch_zoo, arch, embed_dims=embed_dims,
+                                 num_heads=num_heads, mlp_ratios=mlp_ratios, depths=depths)
+        depths, embed_dims = list(preset.depths), list(preset.embed_dims)
+        num_heads, mlp_ratios = list(preset.num_heads), list(preset.mlp_ratios)
+        num_stages = preset.num_stages
         per_stage = f'one per stage: depths={depths} has {num_stages} stages'
-        embed_dims = list(check_int_seq(name, 'embed_dims', cfg['embed_dims'], num_stages,
-                                        min=1, length_hint=per_stage))
-        num_heads = list(check_int_seq(name, 'num_heads', cfg['num_heads'], num_stages, min=1,
-                                       length_hint=per_stage))
-        mlp_ratios = list(check_float_seq(name, 'mlp_ratios', cfg['mlp_ratios'], num_stages,
-                                          min=0, min_open=True, length_hint=per_stage))
         attn_types = check_str_letters(
             name, 'attn_types', attn_types, 'LS', num_stages, length_hint=per_stage,
             meaning="'L' (SLA) or 'S' (spatial-reduction softmax attention)")
         sr_ratios = list(check_int_seq(name, 'sr_ratios', sr_ratios, num_stages, min=1,
                                        length_hint=per_stage, scalar=True))
-        for i, (c, h, r) in enumerate(zip(embed_dims, num_heads, mlp_ratios)):
-            if c % h:
-                raise ValueError(f'{name}: embed_dims[{i}]={c} is not divisible by '
-                                 f'num_heads[{i}]={h}')
-            if int(c * r) < 1:
-                raise ValueError(f'{name}: mlp_ratios[{i}]={r:g} gives an MLP of '
-                                 f'int({c} * {r:g}) = 0 hidden channels; it must be >= {1 / c:g}')
-        self.out_indices = check_out_indices(out_indices, num_stages, name)
-        frozen_stages = check_int(name, 'frozen_stages', frozen_stages, min=-1, max=num_stages)
-        in_channels = check_int(name, 'in_channels', in_channels, min=1)
+        self.set_common_options(num_stages, in_channels=in_channels, out_indices=out_indices,
+                                frozen_stages=frozen_stages, drop_rate=drop_rate,
+                                attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+                                qkv_bias=qkv_bias, norm_eval=norm_eval, with_cp=with_cp,
+                                deploy=deploy)
         pretrain_img_size = check_size_2d(name, 'pretrain_img_size', pretrain_img_size,
                                           min=4 * 2 ** (num_stages - 1))
-        for arg, rate in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
-                          ('drop_path_rate', drop_path_rate)):
-            check_float(name, arg, rate, min=0, max=1)
-        for arg, flag in (('qkv_bias', qkv_bias), ('norm_eval', norm_eval), ('with_cp', with_cp),
-                          ('deploy', deploy)):
-            check_bool(name, arg, flag)
-        self.arch_settings = dict(embed_dims=embed_dims, num_heads=num_heads,
-                                  mlp_ratios=mlp_ratios, depths=depths, attn_types=attn_types)
-        self.in_channels = in_channels
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.deploy = deploy
+        in_channels = self.in_channels
+        self.arch = preset
+        self.arch_settings = dict(preset.as_dict(), attn_types=attn_types)
         self.min_input_size = 4 * 2 ** (num_stages - 1)
 
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -241,4 +218,10 @@ class SLABPVT(SLABBackbone):
         return [shapes[i] for i in self.out_indices]
 
     def frozen_modules(self) -> List[nn.Module]:
-        return list(self.stages[:max(self.frozen_stages, 0)])
+        if self.frozen_stages < 0:
+            return []
+        stem = self.stages[0]
+        return [stem.patch_embed, stem.pos_drop, *self.stages[:self.frozen_stages]]
+
+    def frozen_parameters(self) -> List[nn.Parameter]:
+        return [self.stages[0].pos_embed] if self.frozen_stages >= 0 else []

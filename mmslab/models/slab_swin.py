@@ -1,10 +1,10 @@
-"""SLAB-Swin: Swin Transformer with SLA stages and PRepBN (SLAB.md section 4).
+"""SLAB-Swin: Swin Transformer with SLA stages and PRepBN (docs/method.md, "SLAB-Swin").
 
 Follows the release's detection backbone: window sizes ``[56, 28, 7, 7]``, odd blocks
 shifted by ``window // 2`` in every stage (the shift mask is ignored by SLA), zero padding
 to whole windows (no clamping to the map), per-output LayerNorms ``norm0..norm3``.
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -12,45 +12,19 @@ import torch.utils.checkpoint as cp
 from mmengine.registry import MODELS
 from timm.layers import DropPath, Mlp
 
-from ..validation import (check_bool, check_float, check_int, check_int_seq, check_size_2d,
-                          check_str_letters, is_int)
-from .attention import SimplifiedLinearAttention, WindowAttention
-from .backbone_utils import SLABBackbone, check_out_indices, resolve_arch
+from ..validation import (check_float, check_int, check_int_seq, check_size_2d,
+                          check_str_letters)
 from . import cpu_inference
-from .checkpoint import convert_slab_swin
+from .arch import SWIN_ARCHS, SwinArch
+from .attention import SimplifiedLinearAttention, TokenMixer, WindowAttention
+from .base_backbone import SLABBackbone
 from .embed import PatchEmbed, pad_to_multiple
+from .key_conversion import convert_slab_swin
 from .norms import PRepBN, fold_affine_into_linear
+from .windows import shift_window_mask, window_partition, window_reverse
 
 HW = Tuple[int, int]
 LN_EPS = 1e-5  # SLAB-Swin's LayerNorm eps
-
-
-def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B * H/ws * W/ws, ws*ws, C)."""
-    b, h, w, c = x.shape
-    x = x.view(b, h // ws, ws, w // ws, ws, c).transpose(2, 3)
-    return x.reshape(-1, ws * ws, c)
-
-
-def window_reverse(x: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
-    """(B * H/ws * W/ws, ws*ws, C) -> (B, H, W, C)."""
-    c = x.shape[-1]
-    x = x.view(-1, h // ws, w // ws, ws, ws, c).transpose(2, 3)
-    return x.reshape(-1, h, w, c)
-
-
-def shift_window_mask(hp: int, wp: int, ws: int, shift: int,
-                      device: torch.device) -> torch.Tensor:
-    """Swin's shifted-window mask ``(nW, ws*ws, ws*ws)`` of a ``hp x wp`` padded map: 0
-    within a region, -100 across. Regions along each axis: ``[0, n - ws)``,
-    ``[n - ws, n - shift)``, ``[n - shift, n)`` (built from comparisons: traceable)."""
-    def region(n: int) -> torch.Tensor:
-        r = torch.arange(n, device=device)
-        return (r >= n - ws).long() + (r >= n - shift).long()
-
-    img = region(hp).unsqueeze(1) * 3 + region(wp).unsqueeze(0)              # (hp, wp)
-    win = window_partition(img.view(1, hp, wp, 1), ws).squeeze(-1)            # (nW, ws*ws)
-    return (win.unsqueeze(1) != win.unsqueeze(2)).float() * -100.0
 
 
 class SLABSwinBlock(nn.Module):
@@ -75,11 +49,12 @@ class SLABSwinBlock(nn.Module):
                  deploy: bool = False) -> None:
         super().__init__()
         self.window_size = window_size
+        self.embed_dims = embed_dims
         self.shift_size = window_size // 2 if shift else 0
-        self.attn_type = attn_type
         self.deploy = deploy
         qkv_bias = qkv_bias or deploy
         self.norm1 = nn.Identity() if deploy else PRepBN(embed_dims, ln_eps=LN_EPS)
+        self.attn: TokenMixer
         if attn_type == 'L':
             self.attn = SimplifiedLinearAttention(embed_dims, num_heads, (window_size,) * 2,
                                                   'qkv', qkv_bias, drop)
@@ -112,10 +87,7 @@ class SLABSwinBlock(nn.Module):
         if s:
             qkv = torch.roll(qkv, (-s, -s), dims=(1, 2))
         windows = window_partition(qkv, ws)                                  # (B*nW, ws*ws, 3C)
-        if self.attn_type == 'L':
-            out = self.attn.mix(windows, (ws, ws))
-        else:
-            out = self.attn.mix(windows, mask if s else None)
+        out = self.attn.mix(windows, (ws, ws), mask if s else None)
         out = window_reverse(out, ws, hp, wp)                                # (B, hp, wp, C)
         if s:
             out = torch.roll(out, (s, s), dims=(1, 2))
@@ -127,9 +99,9 @@ class SLABSwinBlock(nn.Module):
         if self.deploy:
             return
         pad = self.attn.pad_qkv()
-        self.register_buffer('qkv_pad', torch.zeros_like(self.attn.qkv.weight[:, 0])
+        self.register_buffer('qkv_pad', self.attn.proj.weight.new_zeros(3 * self.embed_dims)
                              if pad is None else pad.detach().clone())
-        self.attn.qkv = fold_affine_into_linear(self.attn.qkv, *self.norm1.affine())
+        self.attn.fold_input_affine(*self.norm1.affine())
         self.mlp.fc1 = fold_affine_into_linear(self.mlp.fc1, *self.norm2.affine())
         self.norm1 = nn.Identity()
         self.norm2 = nn.Identity()
@@ -177,7 +149,6 @@ class SLABSwinStage(nn.Module):
                  deploy: bool = False) -> None:
         super().__init__()
         self.window_size = window_size
-        self.attn_type = attn_type
         self.with_cp = with_cp
         self.blocks = nn.ModuleList([
             SLABSwinBlock(embed_dims, num_heads, window_size, i % 2 == 1, attn_type,
@@ -190,7 +161,7 @@ class SLABSwinStage(nn.Module):
         """Return the stage output with its size, and the next stage's input with its size."""
         ws = self.window_size
         mask = None
-        if self.attn_type == 'S' and len(self.blocks) > 1:
+        if len(self.blocks) > 1 and self.blocks[1].attn.uses_shift_mask:
             # (n + ws - 1) // ws, not -(-n // ws): ONNX's integer Div truncates toward zero
             mask = shift_window_mask((hw[0] + ws - 1) // ws * ws, (hw[1] + ws - 1) // ws * ws,
                                      ws, ws // 2, x.device)
@@ -210,15 +181,21 @@ class SLABSwin(SLABBackbone):
     """SLAB-Swin backbone for dense prediction.
 
     Args:
-        arch: ``'tiny' | 'small' | 'base'``; explicit ``embed_dims`` (int), ``depths`` and
-            ``num_heads`` override the preset.
+        arch: ``'tiny' | 'small' | 'base'`` (:data:`~.arch.SWIN_ARCHS`), a dict of the
+            settings or a :class:`~.arch.SwinArch`; explicit ``embed_dims`` (int),
+            ``depths`` and ``num_heads`` override the preset.
         attn_types: one letter per stage, ``'L'`` = SLA, ``'S'`` = window softmax
             attention; ``'LLSS'`` is SLAB-Swin, ``'SSSS'`` with window 7 is Swin-PRepBN.
         window_sizes: per stage; the release's detection backbone uses ``[56, 28, 7, 7]``.
         pretrain_img_size: accepted for config compatibility with mmdet's Swin; SLA's
             positional encodings are sized by the window, not the image.
         out_indices: stages whose (LayerNorm-ed) maps ``forward`` returns.
-        frozen_stages: -1 none; 0 the patch embedding; i also stages 0..i-1 (mmdet's Swin).
+        drop_path_rate: the stochastic-depth rate of the last block (linear from 0); a
+            training choice, not part of the preset (mmdet's Swin default 0.1; the
+            release's recipes: 0.2 tiny, 0.3 small, 0.5 base).
+        frozen_stages: as mmdet's Swin / ResNet: -1 nothing; 0 the stem (the patch
+            embedding and the dropout after it); ``k >= 1`` the stem and stages
+            ``0..k-1`` (each with its patch merging) and their output norms.
         norm_eval: keep RepBN's BatchNorms in eval mode while training (release default
             for detection, and right for small per-GPU batches).
         with_cp: activation checkpointing of every block.
@@ -227,19 +204,12 @@ class SLABSwin(SLABBackbone):
         init_cfg: ``dict(type='Pretrained', checkpoint=...)`` accepts the released
             ImageNet files as they are (converted by :func:`convert_slab_swin`).
     """
-    arch_zoo = {
-        'tiny': dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-                     drop_path_rate=0.2),
-        'small': dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
-                      drop_path_rate=0.3),
-        'base': dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
-                     drop_path_rate=0.5),
-    }
+    arch_zoo = SWIN_ARCHS
     convert_checkpoint = staticmethod(convert_slab_swin)
     optional_keys = (r'^norm\d\.',)  # the per-output LayerNorms are new in detection
 
     def __init__(self,
-                 arch: str = 'tiny',
+                 arch: Union[str, Dict[str, Any], SwinArch] = 'tiny',
                  embed_dims: Optional[int] = None,
                  depths: Optional[Sequence[int]] = None,
                  num_heads: Optional[Sequence[int]] = None,
@@ -253,68 +223,49 @@ class SLABSwin(SLABBackbone):
                  qkv_bias: bool = True,
                  drop_rate: float = 0.,
                  attn_drop_rate: float = 0.,
-                 drop_path_rate: Optional[float] = None,
+                 drop_path_rate: float = 0.1,
                  frozen_stages: int = -1,
                  norm_eval: bool = True,
                  with_cp: bool = False,
                  deploy: bool = False,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         name = type(self).__name__
-        cfg = resolve_arch(name, self.arch_zoo, arch,
-                           embed_dims=embed_dims, depths=depths, num_heads=num_heads,
-                           drop_path_rate=drop_path_rate)
-        embed_dims = cfg['embed_dims']
-        if not is_int(embed_dims):
-            raise TypeError(f'{name}: embed_dims is one int (the stage-1 width; stage i has '
-                            f'embed_dims * 2**i channels), got {embed_dims!r} '
-                            f'({type(embed_dims).__name__})')
-        embed_dims = check_int(name, 'embed_dims', embed_dims, min=1)
-        depths = list(check_int_seq(name, 'depths', cfg['depths'], min=1, min_length=1))
-        num_stages = len(depths)
+        preset = SwinArch.resolve(name, self.arch_zoo, arch, embed_dims=embed_dims,
+                                  depths=depths, num_heads=num_heads)
+        embed_dims = preset.embed_dims
+        depths, num_heads = list(preset.depths), list(preset.num_heads)
+        num_stages = preset.num_stages
         per_stage = f'one per stage: depths={depths} has {num_stages} stages'
-        num_heads = list(check_int_seq(name, 'num_heads', cfg['num_heads'], num_stages, min=1,
-                                       length_hint=per_stage))
         attn_types = check_str_letters(name, 'attn_types', attn_types, 'LS', num_stages,
                                        meaning="'L' (SLA) or 'S' (window softmax attention)",
                                        length_hint=per_stage)
         window_sizes = list(check_int_seq(name, 'window_sizes', window_sizes, num_stages, min=1,
                                           length_hint=per_stage, scalar=True))
-        for i, h in enumerate(num_heads):
-            if (embed_dims * 2 ** i) % h:
-                raise ValueError(f'{name}: stage {i} has embed_dims * 2**{i} = '
-                                 f'{embed_dims * 2 ** i} channels, not divisible by '
-                                 f'num_heads[{i}]={h}')
         mlp_ratio = check_float(name, 'mlp_ratio', mlp_ratio, min=0, min_open=True)
         if int(embed_dims * mlp_ratio) < 1:
             raise ValueError(f'{name}: mlp_ratio={mlp_ratio:g} gives stage 0 an MLP of '
                              f'int({embed_dims} * {mlp_ratio:g}) = 0 hidden channels; it must '
                              f'be >= {1 / embed_dims:g}')
         patch_size = check_int(name, 'patch_size', patch_size, min=1)
-        in_channels = check_int(name, 'in_channels', in_channels, min=1)
-        pretrain_img_size = check_size_2d(name, 'pretrain_img_size', pretrain_img_size, min=1)
-        self.out_indices = check_out_indices(out_indices, num_stages, name)
-        frozen_stages = check_int(name, 'frozen_stages', frozen_stages, min=-1, max=num_stages)
-        for arg, rate in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
-                          ('drop_path_rate', cfg['drop_path_rate'])):
-            check_float(name, arg, rate, min=0, max=1)
-        for arg, flag in (('qkv_bias', qkv_bias), ('norm_eval', norm_eval), ('with_cp', with_cp),
-                          ('deploy', deploy)):
-            check_bool(name, arg, flag)
-        self.arch_settings = dict(embed_dims=embed_dims, depths=list(depths),
-                                  num_heads=list(num_heads), attn_types=attn_types,
+        self.set_common_options(num_stages, in_channels=in_channels, out_indices=out_indices,
+                                frozen_stages=frozen_stages, drop_rate=drop_rate,
+                                attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+                                qkv_bias=qkv_bias, norm_eval=norm_eval, with_cp=with_cp,
+                                deploy=deploy)
+        in_channels = self.in_channels
+        self.pretrain_img_size = check_size_2d(name, 'pretrain_img_size', pretrain_img_size,
+                                               min=1)
+        self.arch = preset
+        self.arch_settings = dict(preset.as_dict(), attn_types=attn_types,
                                   window_sizes=list(window_sizes))
-        self.pretrain_img_size = pretrain_img_size
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.deploy = deploy
 
         self.patch_embed = PatchEmbed(in_channels, embed_dims, patch_size, LN_EPS,
                                       pad_to_patch=True, deploy=deploy)
         self.drop_after_pos = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, cfg['drop_path_rate'], sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.stages = nn.ModuleList()
-        self.num_features = [embed_dims * 2 ** i for i in range(num_stages)]
+        self.num_features = list(preset.widths)
         for i in range(num_stages):
             self.stages.append(SLABSwinStage(
                 self.num_features[i], depths[i], num_heads[i], window_sizes[i],
@@ -323,7 +274,6 @@ class SLABSwin(SLABBackbone):
                 drop=drop_rate, attn_drop=attn_drop_rate, with_cp=with_cp, deploy=deploy))
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i], eps=LN_EPS))
-        self.in_channels = in_channels
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self.check_input(x, self.patch_embed.proj.weight.dtype)
@@ -353,7 +303,7 @@ class SLABSwin(SLABBackbone):
     def frozen_modules(self) -> List[nn.Module]:
         if self.frozen_stages < 0:
             return []
-        mods: List[nn.Module] = [self.patch_embed]
+        mods: List[nn.Module] = [self.patch_embed, self.drop_after_pos]
         for i in range(self.frozen_stages):
             mods.append(self.stages[i])
             if i in self.out_indices:

@@ -1,5 +1,7 @@
-"""Small pieces both SLAB backbones share: arch presets, argument checks, the order of
-weight init and the ``init_cfg=dict(type='Pretrained', ...)`` path."""
+"""The base class of the SLAB backbones: the order of weight init and the
+``init_cfg=dict(type='Pretrained', ...)`` path, ``frozen_stages`` / ``norm_eval`` in
+``train()``, input checks, the deploy fold, and the folded / trained weight-form guard on
+every load."""
 from abc import abstractmethod
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -10,39 +12,11 @@ from mmengine.model import BaseModule, initialize
 from mmengine.registry import WEIGHT_INITIALIZERS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..validation import check_int_seq
-from .checkpoint import check_state_dict_form, load_pretrained
+from ..validation import check_bool, check_float, check_int, check_out_indices
+from .norms import PRepBN
+from .pretrained import load_pretrained
+from .weight_form import check_state_dict_form
 from .weight_init import init_transformer_weights
-
-
-def resolve_arch(name: str, zoo: Dict[str, Dict[str, Any]], arch: Union[str, dict],
-                 **overrides: Any) -> Dict[str, Any]:
-    """Preset ``arch`` (a name in ``zoo`` or a dict) with the non-None ``overrides``."""
-    if isinstance(arch, dict):
-        cfg = dict(arch)
-    elif isinstance(arch, str) and arch in zoo:
-        cfg = dict(zoo[arch])
-    else:
-        error = ValueError if isinstance(arch, str) else TypeError
-        raise error(f'{name}: unknown arch {arch!r}; choose one of {sorted(zoo)} or give '
-                    f'a dict of the settings')
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    missing = [k for k in overrides if cfg.get(k) is None]
-    if missing:
-        raise ValueError(f'{name}: arch settings lack {missing}')
-    return cfg
-
-
-def check_out_indices(out_indices: Union[int, Sequence[int]], num_stages: int,
-                      name: str) -> Tuple[int, ...]:
-    """Distinct stage indices (an int or a sequence of ints; negative ones count from the
-    end), sorted."""
-    values = check_int_seq(name, 'out_indices', out_indices, scalar=True, min_length=1)
-    out = tuple(sorted(i % num_stages if -num_stages <= i < 0 else i for i in values))
-    if any(not 0 <= i < num_stages for i in out) or len(set(out)) != len(out):
-        raise ValueError(f'{name}: out_indices={tuple(values)} must be distinct stage '
-                         f'indices in [0, {num_stages - 1}] (or negative, from the end)')
-    return out
 
 
 class SLABBackbone(BaseModule):
@@ -50,7 +24,8 @@ class SLABBackbone(BaseModule):
     prefix=None)`` loaded by the backbone itself (release files keep their weights under
     'model'), ``frozen_stages`` / ``norm_eval`` in :meth:`train`, input checks and the
     deploy fold. Subclasses set ``convert_checkpoint``, ``in_channels``, ``norm_eval``,
-    ``deploy`` and implement :meth:`frozen_modules`."""
+    ``deploy``, implement :meth:`feature_shapes` and say what ``frozen_stages`` freezes
+    (:meth:`frozen_modules`, :meth:`frozen_parameters`)."""
 
     #: regexes of model keys a release checkpoint does not have (kept at their init)
     optional_keys: Tuple[str, ...] = ()
@@ -67,8 +42,36 @@ class SLABBackbone(BaseModule):
         # load_checkpoint / Runner load_from / resume, and init_cfg.
         self.register_load_state_dict_pre_hook(_refuse_other_form)
 
+    def set_common_options(self, num_stages: int, *, in_channels: int,
+                           out_indices: Union[int, Sequence[int]], frozen_stages: int,
+                           drop_rate: float, attn_drop_rate: float, drop_path_rate: float,
+                           qkv_bias: bool, norm_eval: bool, with_cp: bool,
+                           deploy: bool) -> None:
+        """Check the options both backbones take (mmdet's vocabulary) and keep those that
+        outlive the constructor: ``in_channels``, ``out_indices`` (sorted, negative ones
+        from the end), ``frozen_stages``, ``norm_eval``, ``deploy``."""
+        name = type(self).__name__
+        self.in_channels = check_int(name, 'in_channels', in_channels, min=1)
+        self.out_indices = check_out_indices(name, out_indices, num_stages)
+        self.frozen_stages = check_int(name, 'frozen_stages', frozen_stages, min=-1,
+                                       max=num_stages)
+        for arg, rate in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
+                          ('drop_path_rate', drop_path_rate)):
+            check_float(name, arg, rate, min=0, max=1)
+        for arg, flag in (('qkv_bias', qkv_bias), ('norm_eval', norm_eval), ('with_cp', with_cp),
+                          ('deploy', deploy)):
+            check_bool(name, arg, flag)
+        self.norm_eval = norm_eval
+        self.deploy = deploy
+
     def frozen_modules(self) -> List[nn.Module]:
-        """The modules ``frozen_stages`` freezes (none here)."""
+        """The modules ``frozen_stages`` freezes: kept in eval mode, parameters without
+        gradients (none here)."""
+        return []
+
+    def frozen_parameters(self) -> List[nn.Parameter]:
+        """Parameters ``frozen_stages`` freezes outside :meth:`frozen_modules` (e.g. a
+        position table held by a stage; none here)."""
         return []
 
     def check_input(self, x: torch.Tensor, weight_dtype: torch.dtype, min_size: int = 1) -> None:
@@ -117,14 +120,38 @@ class SLABBackbone(BaseModule):
             m.eval()
             for p in m.parameters():
                 p.requires_grad = False
+        for p in self.frozen_parameters():
+            p.requires_grad = False
         if mode and self.norm_eval:
             for m in self.modules():
                 if isinstance(m, _BatchNorm):
                     m.eval()
         return self
 
+    def check_foldable(self) -> None:
+        """Raise (and change nothing) unless every PRepBN can be folded (``lam = 0``)."""
+        norms = [(name, m) for name, m in self.named_modules() if isinstance(m, PRepBN)]
+        refused = []
+        for name, norm in norms:
+            try:
+                norm.check_foldable()
+            except ValueError as e:
+                refused.append((name, e))
+        if refused:
+            name, error = refused[0]
+            others = f' (and {len(refused) - 1} more)' if len(refused) > 1 else ''
+            raise ValueError(f'{type(self).__name__}: nothing was folded: {len(refused)} of '
+                             f'{len(norms)} PRepBN norms cannot be folded; {name}{others}: '
+                             f'{error}')
+
     def switch_to_deploy(self) -> None:
-        """Fold every RepBN (eval statistics) into the adjacent Linear / conv, exactly."""
+        """Fold every RepBN (eval statistics) into the adjacent Linear / conv, exactly.
+
+        Every norm is checked first (:meth:`check_foldable`): a model that cannot be folded
+        whole is left untouched."""
+        if self.deploy:
+            return
+        self.check_foldable()
         for m in self.modules():
             if m is not self and hasattr(m, 'switch_to_deploy'):
                 m.switch_to_deploy()
@@ -171,7 +198,7 @@ class SLABBackbone(BaseModule):
 
     def load_pretrained(self) -> bool:
         """Load ``init_cfg``'s ``Pretrained`` checkpoint, if any (see
-        :func:`~mmslab.models.checkpoint.load_pretrained`); return whether one was loaded."""
+        :func:`~mmslab.models.pretrained.load_pretrained`); return whether one was loaded."""
         cfg = self._pretrained_cfg()
         if cfg is None:
             return False
@@ -185,7 +212,7 @@ def _refuse_other_form(module: SLABBackbone, state_dict: Dict[str, Any], prefix:
                        *args: Any) -> None:
     """``load_state_dict`` pre-hook of every SLAB backbone: refuse a trained-form state
     dict for a folded (``deploy=True``) backbone and a folded one for a trained-form one
-    (see :func:`~mmslab.models.checkpoint.check_state_dict_form`)."""
+    (see :func:`~mmslab.models.weight_form.check_state_dict_form`)."""
     keys = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
     check_state_dict_form(type(module).__name__, bool(getattr(module, 'deploy', False)), keys,
                           source='the state dict being loaded', prefix=prefix)

@@ -1,0 +1,112 @@
+"""The benchmarked backbones: names, how each is built, how it is put in a mode, and its
+``torch.compile`` twin."""
+import time
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+
+MODELS: Dict[str, str] = {
+    'slab_pvt_t': 'SLAB-PVT-T',
+    'slab_pvt_t_deploy': 'SLAB-PVT-T deploy',
+    'pvt_t': 'PVT-T (mmdet)',
+    'slab_swin_t': 'SLAB-Swin-T',
+    'slab_swin_t_deploy': 'SLAB-Swin-T deploy',
+    'swin_t': 'Swin-T (mmdet)',
+    'swin_prepbn_t': 'Swin-T-PRepBN',
+    'swin_prepbn_t_deploy': 'Swin-T-PRepBN deploy',
+}
+# SLAB model -> its stock twin (Swin-T-PRepBN vs Swin-T: the paper's detection pair)
+STOCK = {'slab_pvt_t': 'pvt_t', 'slab_swin_t': 'swin_t', 'swin_prepbn_t': 'swin_t'}
+COMPILED = '+compile'  # name suffix of the torch.compile'd twin of a model
+#: PRepBN lam of the SLAB models in training steps (both branches, mid-schedule)
+TRAIN_LAM = 0.5
+
+
+def base_name(name: str) -> str:
+    """The eager model's name of ``name`` (``x+compile`` -> ``x``)."""
+    return name.removesuffix(COMPILED)
+
+
+def family(name: str) -> str:
+    """The trained form's name of ``name`` (``x_deploy+compile`` -> ``x``)."""
+    return base_name(name).removesuffix('_deploy')
+
+
+def stock_twin(name: str) -> Optional[str]:
+    """The mmdet backbone ``name`` is compared with (None for the stock ones)."""
+    return STOCK.get(family(name))
+
+
+def label(name: str) -> str:
+    base = base_name(name)
+    return MODELS.get(base, base) + (' [compiled]' if name.endswith(COMPILED) else '')
+
+
+def build_backbone(name: str, mini: bool = False,
+                   device: Optional[torch.device] = None) -> nn.Module:
+    """One of :data:`MODELS` in eval mode (``*_deploy``: norms folded), on ``device``.
+    ``mini``: the same architecture with small widths and depths (for smoke tests)."""
+    base, deploy = name.removesuffix('_deploy'), name.endswith('_deploy')
+    if base == 'slab_pvt_t':
+        from mmslab.models import SLABPVT
+        model = SLABPVT(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1]) if mini \
+            else SLABPVT('tiny')
+    elif base in ('slab_swin_t', 'swin_prepbn_t'):
+        from mmslab.models import SLABSwin
+        kw = dict(attn_types='SSSS', window_sizes=7) if base == 'swin_prepbn_t' else {}
+        model = SLABSwin(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], **kw) \
+            if mini else SLABSwin('tiny', **kw)
+    elif base == 'pvt_t' and not deploy:
+        from mmdet.models.backbones import PyramidVisionTransformer
+        model = PyramidVisionTransformer(embed_dims=16 if mini else 64,
+                                         num_layers=[1, 1, 1, 1] if mini else [2, 2, 2, 2])
+    elif base == 'swin_t' and not deploy:
+        from mmdet.models.backbones import SwinTransformer
+        model = SwinTransformer(embed_dims=16 if mini else 96, depths=[2, 2, 2, 2] if mini
+                                else [2, 2, 6, 2], num_heads=[1, 2, 4, 8] if mini
+                                else [3, 6, 12, 24], window_size=7)
+    else:
+        raise KeyError(f'unknown model {name!r}; choose from {list(MODELS)}')
+    model.init_weights()
+    model.eval()
+    if deploy:
+        model.switch_to_deploy()  # (on the CPU, in float64, before the move)
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def set_mode(model: nn.Module, train: bool) -> None:
+    """Eval, or train as the benchmark trains: SLAB's RepBN BatchNorms on batch statistics
+    (``norm_eval=False``) and ``lam = TRAIN_LAM``; eval runs the converged ``lam = 0``."""
+    from mmslab.models import set_prepbn_lam
+    for m in model.modules():
+        if hasattr(m, 'norm_eval') and hasattr(m, 'frozen_modules'):  # SLAB backbones
+            m.norm_eval = False
+    set_prepbn_lam(model, TRAIN_LAM if train else 0.0)
+    model.train(train)  # (mmdet's SwinTransformer.train returns None: no chaining)
+
+
+def add_compiled_twins(built: Dict[str, nn.Module], backend: str, mode: Optional[str],
+                       device: torch.device, log) -> None:
+    """Add a ``torch.compile`` twin ``<name>+compile`` (sharing the weights) of every model
+    in ``built``, and run dynamo / the backend once so that their start-up is no model's
+    compile time."""
+    import torch._dynamo as dynamo
+    # every case is a new graph (shape, dtype, mode): keep them all ('recompile_limit'
+    # since torch 2.6, 'cache_size_limit' before)
+    for attr in ('recompile_limit', 'cache_size_limit'):
+        if hasattr(dynamo.config, attr):
+            setattr(dynamo.config, attr, max(getattr(dynamo.config, attr), 64))
+    for name in list(built):
+        built[name + COMPILED] = torch.compile(built[name], backend=backend, mode=mode)
+    t0 = time.perf_counter()
+    torch.compile(lambda t: t * 2 + 1, backend=backend)(torch.ones(8, device=device))
+    log(f'torch.compile start-up ({backend}): {time.perf_counter() - t0:.1f} s')
+
+
+def graph_breaks() -> int:
+    """Graph breaks dynamo has counted in this process so far."""
+    from torch._dynamo.utils import counters
+    return sum(counters['graph_break'].values())
