@@ -175,7 +175,7 @@ def test_gpu_preset_and_targets():
     targets = load_targets()
     lines = evaluate(res, targets)
     text = '\n'.join(lines)
-    assert len(lines) == len([t for t in targets if t.device == 'cuda']) == 9
+    assert len(lines) == len([t for t in targets if t.device == 'cuda']) == 11
 
     def line(num, den, case, what='latency'):
         return next(t for t in lines if f': {num} / {den} {what} ({case},' in t)

@@ -12,6 +12,7 @@
 import os
 import pickle
 import re
+import sys
 import zipfile
 from collections import OrderedDict
 from typing import Any, Dict, Optional
@@ -115,6 +116,26 @@ def _diagnose_file(filename: str, error: Exception) -> str:
             f'{"the text " if printable else ""}{head[:32]!r}): {type(error).__name__}: {error}')
 
 
+def _refused_real_global(message: str) -> bool:
+    """Whether torch's weights_only error names a well-formed global (an object the loader
+    refuses), not the garbled name a truncated file produces. A module already imported
+    must have that attribute; nothing is imported for the check."""
+    m = re.search(r'Unsupported global: GLOBAL (\S+) was not', message)
+    parts = m.group(1).split('.') if m else []
+    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        return False
+    for i in range(len(parts) - 1, 0, -1):
+        obj = sys.modules.get('.'.join(parts[:i]))
+        if obj is not None:
+            try:
+                for part in parts[i:]:
+                    obj = getattr(obj, part)
+            except AttributeError:
+                return False
+            return True
+    return True
+
+
 def read_checkpoint(filename: str, map_location: str = 'cpu',
                     logger: Optional[MMLogger] = None, trust: bool = False) -> Any:
     """Load a checkpoint file or URL with mmengine's ``CheckpointLoader``, with errors that
@@ -171,11 +192,11 @@ def read_checkpoint(filename: str, map_location: str = 'cpu',
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except pickle.UnpicklingError as e:
-        if 'weights only load failed' not in str(e).lower():
+        if not _refused_real_global(str(e)):  # a broken file, not a refused object
             raise ValueError(f'cannot load checkpoint {filename}: '
                              f'{_diagnose_file(os.path.expanduser(filename), e)}') from e
         refused = next((line.strip() for line in str(e).splitlines()
-                        if 'WeightsUnpickler error' in line), str(e).splitlines()[0])
+                        if 'unsupported global' in line.lower()), str(e).splitlines()[0])
         raise ValueError(
             f"cannot load checkpoint {filename} with torch's weights_only loader: it holds "
             f'an object the loader refuses ({refused}). mmslab allow-lists only what '
