@@ -1,5 +1,6 @@
 """Every config under configs/ parses (mmdet::/mmseg:: bases resolved) and builds."""
 import copy
+import functools
 import glob
 import os.path as osp
 
@@ -66,7 +67,10 @@ def _all_configs():
         if not rel.startswith('mmdeploy' + osp.sep))
 
 
+@functools.lru_cache(maxsize=None)
 def _load(rel):
+    """The parsed config, parsed once per session and shared: the tests only read it
+    (what they build or change is a deep copy)."""
     return Config.fromfile(osp.join(CONFIG_DIR, rel))
 
 
