@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU demo (run after tools/setup_env.sh):
 #
-#   bash tools/run_demo.sh            # detection demo (~7 min training on 2 cores)
+#   bash tools/run_demo.sh            # detection demo (~5 min training on 2 cores)
 #   DEMO_SEG=1 bash tools/run_demo.sh # also the UperNet segmentation demo
 #
 # 1. writes the synthetic shapes sets (tools/make_demo_data.py -> data/demo_coco/,
