@@ -12,7 +12,7 @@
 # MMSLAB_CACHE   where the mmcv wheel built here is kept (default ~/.cache/mmslab).
 #
 # mmcv 2.1.0 has no wheel for these torch versions on PyPI, so its ops are built once from
-# the PyPI sdist (10-12 min on 2 idle cores, up to ~40 on a loaded machine) and the wheel
+# the PyPI sdist (10-13 min on 2 idle cores, up to ~40 on a loaded machine) and the wheel
 # is cached outside the repository; every later run, and every fresh clone on this
 # machine, reuses it. For torch >= 2.10 the build raises mmcv's `-std=c++17` to
 # `-std=c++20` (torch's headers need C++20): the one patch this script applies to a
@@ -75,7 +75,7 @@ WHEELS="$CACHE/wheels/torch$TORCH_VERSION-$PYTAG"
 mkdir -p "$WHEELS"
 MMCV_WHEEL="$(ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)"
 if [ -z "$MMCV_WHEEL" ]; then
-  log "building mmcv==$MMCV_VERSION with ops against torch $TORCH_VERSION: 10-12 minutes on"
+  log "building mmcv==$MMCV_VERSION with ops against torch $TORCH_VERSION: 10-13 minutes on"
   log "2 idle cores, once; the wheel is cached in $WHEELS (build log: $WHEELS/build.log)"
   start=$(date +%s)
   # --no-build-isolation: the build reads torch from this venv (isolation would hide it).
