@@ -11,6 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import mmslab  # noqa: F401  (registers the backbones)
 from _mini import mini_kwargs
+from _tolerance import EXACT, assert_rel_close
 
 from mmslab.models import PRepBN, SLABPVT, SLABSwin, SimplifiedLinearAttention
 
@@ -53,13 +54,13 @@ def test_swin_any_input_size(hw, attn_types, windows):
 def test_batch_elements_are_independent_in_eval():
     """Eval mode uses running statistics: a sample's output does not depend on its batch."""
     for model in (build(SLABPVT, **PVT_MINI), build(SLABSwin, **SWIN_MINI)):
-        model.eval()
-        x = torch.randn(3, 3, 96, 128)
+        model.eval().double()  # an exactness claim: float64 (float32 GEMMs block by batch)
+        x = torch.randn(3, 3, 96, 128, dtype=torch.float64)
         with torch.no_grad():
             full = model(x)
             single = model(x[1:2])
         for a, b in zip(full, single):
-            torch.testing.assert_close(a[1:2], b, rtol=1e-4, atol=1e-5)
+            assert_rel_close(a[1:2], b, EXACT)
 
 
 def test_out_indices_and_registry():
@@ -112,12 +113,12 @@ def test_with_cp_same_outputs_and_grads(cls, kw):
     ref = build(cls, **kw, drop_path_rate=0.0, norm_eval=False)
     ckp = cls(**kw, drop_path_rate=0.0, norm_eval=False, with_cp=True)
     ckp.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 3, 64, 96)
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)  # the same function: float64
     for model in (ref, ckp):
-        model.train()
+        model.train().double()
         sum(o.square().mean() for o in model(x)).backward()
     for (name, a), b in zip(ref.named_parameters(), ckp.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+        assert_rel_close(b.grad, a.grad, EXACT, msg=name)
 
 
 # ---------------------------------------------------------------- layers

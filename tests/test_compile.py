@@ -4,14 +4,24 @@ one computes (outputs, and in training the gradients).
 
 CI runs dynamo with the ``aot_eager`` backend: it captures the whole graph (dynamo) and
 the joint forward/backward graph (AOTAutograd), which is where graph breaks and tracing
-errors show, without inductor's C++ code generation (minutes on 2 cores). What inductor
-costs and gains is measured by ``tools/benchmark.py --compile``.
+errors show, without inductor's C++ code generation (minutes on 2 cores). The trained
+form in eval runs the modules that the train-mode case already takes through AOTAutograd,
+so it is captured by dynamo alone (the ``eager`` backend: graph breaks show there; a
+third of the time). What inductor costs and gains is measured by
+``tools/benchmark.py --compile``.
 """
 import _mini
 import pytest
 import torch
+from _tolerance import assert_rel_close, float32_tol
 
 from mmslab.models import set_prepbn_lam
+
+# Compiled vs eager, both float32 (AOTAutograd's decompositions sum in another order): the
+# mini models' longest reduction is 512 terms (an MLP's fc2) through at most 8 blocks;
+# twice as deep for gradients.
+OUT_TOL = float32_tol(512, layers=8)
+GRAD_TOL = float32_tol(512, layers=16)
 
 BACKEND = 'aot_eager'
 
@@ -30,9 +40,9 @@ def _build(name: str, deploy: bool) -> torch.nn.Module:
     return model
 
 
-def _compile(model: torch.nn.Module) -> torch.nn.Module:
+def _compile(model: torch.nn.Module, backend: str = BACKEND) -> torch.nn.Module:
     torch._dynamo.reset()
-    return torch.compile(model, backend=BACKEND, fullgraph=True)
+    return torch.compile(model, backend=backend, fullgraph=True)
 
 
 @pytest.mark.parametrize('deploy', [False, True], ids=['trained', 'deploy'])
@@ -43,10 +53,10 @@ def test_compile_fullgraph_eval(name, deploy):
     x = torch.randn(2, 3, 75, 61)
     with torch.no_grad():
         ref = model(x)
-        out = _compile(model)(x)
+        out = _compile(model, BACKEND if deploy else 'eager')(x)
     assert len(out) == len(ref) == 4
     for a, b in zip(out, ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        assert_rel_close(a, b, OUT_TOL)
 
 
 @pytest.mark.parametrize('name', _mini.MODELS)
@@ -68,7 +78,7 @@ def test_compile_fullgraph_train(name):
     ref, ref_grads = step(model)
     out, grads = step(_compile(model))
     for a, b in zip(out, ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        assert_rel_close(a, b, OUT_TOL)
     assert grads.keys() == ref_grads.keys() and len(grads) > 0
     for k in grads:
-        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-3, atol=1e-5, msg=k)
+        assert_rel_close(grads[k], ref_grads[k], GRAD_TOL, msg=k)

@@ -20,6 +20,7 @@ import _mini
 import pytest
 import torch
 import torch.nn as nn
+from _tolerance import EXACT, assert_rel_close
 
 from mmslab.models import cpu_inference, set_prepbn_lam
 from mmslab.models.norms import RepBN
@@ -35,7 +36,7 @@ GRAD_MODES = {'grad': nullcontext, 'no_grad': torch.no_grad,
 # precision -> (weights dtype, autocast dtype or None, relative tolerance)
 PRECISIONS = {
     'float32': (torch.float32, None, 1e-4),
-    'float64': (torch.float64, None, 1e-10),
+    'float64': (torch.float64, None, EXACT),
     'autocast_bf16': (torch.float32, torch.bfloat16, 6e-2),
     'autocast_fp16': (torch.float32, torch.float16, 1e-2),
     'half': (torch.float16, None, 2e-2),
@@ -149,8 +150,7 @@ def test_matches_float64_reference(name, form, precision, device):
                 assert out.device.type == device, where
                 if autocast_dtype is None:
                     assert out.dtype == dtype, where
-                err = ((out.detach().double().cpu() - r).abs().max() / r.abs().max()).item()
-                assert err <= tol, f'{where}: relative error {err:.2e} > {tol:g}'
+                assert_rel_close(out, r, tol, msg=where)
 
 
 def test_every_combination_is_covered():
