@@ -94,7 +94,7 @@ MLP_CHUNK = 1 << 22
 
 
 def mlp_residual(x: torch.Tensor, norm: nn.Module, mlp: nn.Module) -> torch.Tensor:
-    """``x + mlp(norm(x))`` for timm's ``Mlp`` (fc1 -> GELU -> fc2) over chunks of tokens
+    """``x + mlp(norm(x))`` for the blocks' ``Mlp`` (fc1 -> GELU -> fc2) over chunks of tokens
     (``MLP_CHUNK`` hidden elements each, thousands of rows: GEMMs at full speed); GELU in
     place; fc2 accumulates into ``x + bias``. ``norm`` is token-wise (eval PRepBN)."""
     fc1, fc2 = mlp.fc1, mlp.fc2

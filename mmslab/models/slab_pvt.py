@@ -11,8 +11,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
+from mmcv.cnn.bricks import DropPath
 from mmengine.registry import MODELS
-from timm.layers import DropPath, Mlp
 
 from ..validation import check_int_seq, check_size_2d, check_str_letters
 from . import cpu_inference
@@ -21,6 +21,7 @@ from .attention import SimplifiedLinearAttention, SpatialReductionAttention, Tok
 from .base_backbone import SLABBackbone
 from .embed import PatchEmbed
 from .key_conversion import convert_slab_pvt
+from .mlp import Mlp
 from .norms import PRepBN, fold_affine_into_linear
 from .pos_embed import resize_pos_embed
 

@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
+from mmcv.cnn.bricks import DropPath
 from mmengine.registry import MODELS
-from timm.layers import DropPath, Mlp
 
 from ..validation import (check_float, check_int, check_int_seq, check_size_2d,
                           check_str_letters)
@@ -20,6 +20,7 @@ from .attention import SimplifiedLinearAttention, TokenMixer, WindowAttention
 from .base_backbone import SLABBackbone
 from .embed import PatchEmbed, pad_to_multiple
 from .key_conversion import convert_slab_swin
+from .mlp import Mlp
 from .norms import PRepBN, fold_affine_into_linear
 from .windows import shift_window_mask, window_partition, window_reverse
 
