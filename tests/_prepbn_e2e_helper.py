@@ -1,4 +1,5 @@
-"""Imported (``custom_imports``) by the runs of tests/test_e2e_prepbn.py.
+"""Imported (``custom_imports``) by the shared detector run of the e2e tests (``RUN_BODY``
+in tests/_e2e.py).
 
 ``MMSlabPredChecksum`` is an evaluator metric that sums what the detector predicted on
 the whole split (scores, box coordinates, mask pixels, number of detections). COCO AP of a

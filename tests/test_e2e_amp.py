@@ -24,7 +24,7 @@ import os.path as osp
 import pytest
 import torch
 
-from test_e2e import (DET_BODY, DEMO_DET, IMAGE_SIZE, PVT_MINI, PVT_MINI_CHANNELS, CLASSES,
+from _e2e import (DET_BODY, DEMO_DET, IMAGE_SIZE, PVT_MINI, PVT_MINI_CHANNELS, CLASSES,
                       check_coco_metrics, check_training_log, load_ckpt, write_config)
 
 ITERS = 4
@@ -73,14 +73,6 @@ def _bf16_to_float32(obj):
 @pytest.fixture(scope='module')
 def amp_dir(tmp_path_factory):
     return tmp_path_factory.mktemp('e2e_amp')
-
-
-@pytest.fixture(scope='module')
-def coco_root(amp_dir):
-    from mmslab.datasets import make_coco_instances
-    root = osp.join(amp_dir, 'coco')
-    make_coco_instances(root, num_train=8, num_val=4, image_size=IMAGE_SIZE, seed=0)
-    return root + '/'
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(ROOT, 'tests')
-MAX_ITERS = 200
+MAX_ITERS = 80
 CKPT_INTERVAL = 10
 KILL_AFTER = 25  # kill once the log shows at least this iteration (a few checkpoints in)
 TIMEOUT = 300

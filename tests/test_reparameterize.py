@@ -111,10 +111,9 @@ model = dict(
 
 
 @pytest.mark.parametrize('cfg_text', [DET_CFG, SEG_CFG], ids=['mask_rcnn', 'upernet'])
-def test_deploy_tool_on_a_detector_and_a_segmentor(tmp_path, cfg_text):
-    import subprocess
-    import sys
-
+def test_deploy_tool_on_a_detector_and_a_segmentor(tmp_path, cfg_text, load_tool, capsys):
+    """`tools/deploy.py` (its main(), in this process: its command line runs as a
+    subprocess in tests/test_e2e.py) on a stock mmdet and mmseg config."""
     from mmengine.runner import load_checkpoint
 
     from mmslab.deploy import build_model_from_config
@@ -127,15 +126,14 @@ def test_deploy_tool_on_a_detector_and_a_segmentor(tmp_path, cfg_text):
     torch.save({'state_dict': model.state_dict(), 'meta': {'iter': 7}}, ckpt)
     before = ckpt.read_bytes()
     out = tmp_path / 'deploy' / 'folded.pth'
-    proc = subprocess.run([sys.executable, 'tools/deploy.py', str(config), str(ckpt), str(out)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'relative difference' in proc.stdout
+    deploy = load_tool('deploy')
+    deploy.main([str(config), str(ckpt), str(out)])
+    assert 'relative difference' in capsys.readouterr().out
     assert ckpt.read_bytes() == before  # the trained checkpoint is untouched
     folded = build_model_from_config(str(tmp_path / 'deploy' / 'folded_config.py'))
     assert folded.backbone.deploy
     meta = load_checkpoint(folded, str(out), map_location='cpu', strict=True)['meta']
     assert meta['iter'] == 7 and meta['fold_relative_error'] <= 1e-4
-    proc = subprocess.run([sys.executable, 'tools/deploy.py', str(config), str(ckpt), str(ckpt)],
-                          capture_output=True, text=True)
-    assert proc.returncode != 0 and 'refusing to overwrite' in proc.stderr
+    with pytest.raises(ValueError, match='refusing to overwrite'):
+        deploy.main([str(config), str(ckpt), str(ckpt)])
+    assert ckpt.read_bytes() == before

@@ -90,7 +90,11 @@ sys.exit(0 if V(torch.__version__.split('+')[0]) >= V('2.10') else 1)"; then
     log "torch >= 2.10: building with -std=c++20 instead of mmcv's -std=c++17"
     sed -i 's/-std=c++17/-std=c++20/g; s#/std:c++17#/std:c++20#g' "$SRC/mmcv-$MMCV_VERSION/setup.py"
   fi
-  if ! MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" "$PY" -m pip wheel \
+  # Python's own compile flags (-O3 ...) without their -g: debug information in the ops
+  # library only costs compile time and disk. (CFLAGS / CXXFLAGS replace Python's flags.)
+  PYFLAGS="$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("CFLAGS"))') -g0"
+  if ! CFLAGS="$PYFLAGS ${CFLAGS:-}" CXXFLAGS="$PYFLAGS ${CXXFLAGS:-}" \
+        MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" "$PY" -m pip wheel \
         --disable-pip-version-check --no-deps --no-build-isolation -w "$WHEELS" \
         "$SRC/mmcv-$MMCV_VERSION" >>"$WHEELS/build.log" 2>&1; then
     tail -n 40 "$WHEELS/build.log"
