@@ -60,7 +60,7 @@ ARCH = {
 
 def _all_configs():
     """Every model config, configs/demo/ and configs/study/ included (configs/mmdeploy/
-    holds mmdeploy deploy configs, exercised by tests/test_e2e_mmdeploy.py)."""
+    holds mmdeploy deploy configs, exercised by tests/test_e2e.py and test_e2e_swin.py)."""
     return sorted(
         rel for rel in (osp.relpath(p, CONFIG_DIR)
                         for p in glob.glob(osp.join(CONFIG_DIR, '**', '*.py'), recursive=True))
