@@ -13,10 +13,10 @@
 #
 # mmcv 2.1.0 has no wheel for these torch versions on PyPI, so its ops are built once from
 # the PyPI sdist and the wheel is cached outside the repository; every later run, and
-# every fresh clone on this machine, reuses it. The build takes 8-11 min on 2 idle cores
-# (measured on a slow host, AMD EPYC at ~130 fp32 GFLOP/s: 514 s for current; a faster
-# host takes less) and several times that on a loaded machine; the script prints the
-# time it took (docs/stacks.md). For torch >= 2.10 the build raises mmcv's `-std=c++17` to
+# every fresh clone on this machine, reuses it. The build takes 7-9 min on 2 idle cores of
+# a slow host (AMD EPYC, ~130 fp32 GFLOP/s: 426 s classic, 516 s current), less on a
+# faster one, several times that on a loaded machine; the script prints the time it took
+# (docs/stacks.md). For torch >= 2.10 the build raises mmcv's `-std=c++17` to
 # `-std=c++20` (torch's headers need C++20): the one patch this script applies to a
 # package. Then torch/torchvision, mmengine, mmdet, mmseg and mmslab itself (editable) are
 # installed under the stack's constraints, and mmcv's ops and `mim` are checked to run.
@@ -77,8 +77,8 @@ WHEELS="$CACHE/wheels/torch$TORCH_VERSION-$PYTAG"
 mkdir -p "$WHEELS"
 MMCV_WHEEL="$(ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)"
 if [ -z "$MMCV_WHEEL" ]; then
-  log "building mmcv==$MMCV_VERSION with ops against torch $TORCH_VERSION, once: 8-11 minutes"
-  log "on 2 idle cores (longer on a loaded machine); the wheel is cached in $WHEELS"
+  log "building mmcv==$MMCV_VERSION with ops against torch $TORCH_VERSION, once: 7-9 minutes"
+  log "on 2 idle cores of a slow host (longer on a loaded machine); the wheel is cached in $WHEELS"
   log "(build log: $WHEELS/build.log)"
   start=$(date +%s)
   # --no-build-isolation: the build reads torch from this venv (isolation would hide it).
@@ -111,7 +111,7 @@ else
 fi
 pip_install "$MMCV_WHEEL"
 
-log "installing mmslab (editable) with mmengine, mmdet, mmsegmentation, timm, openmim" \
+log "installing mmslab (editable) with mmengine, mmdet, mmsegmentation, openmim" \
   "and the extras $EXTRAS"
 pip_install -e "$ROOT[$EXTRAS]"
 
