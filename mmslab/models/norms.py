@@ -1,13 +1,21 @@
 """RepBN and the progressive re-parameterized norm PRepBN (docs/method.md, "Norms").
 
-Both act on token tensors ``(B, N, C)``; BatchNorm statistics are taken over batch *and*
-tokens. ``PRepBN.lam`` is set from outside (``PRepBNHook``): the module never counts its
-forward calls.
+Both act on channels-last tensors -- tokens ``(B, N, C)``, mmcv's ``(N, B, C)``, or
+``(B, C)`` -- with BatchNorm statistics over every position. ``PRepBN.lam`` is set from
+outside (``PRepBNHook``): the module never counts its forward calls.
+
+Both are norm layers of mmengine's ``MODELS`` registry, so any OpenMMLab module that
+builds its norms with mmcv's ``build_norm_layer`` takes ``norm_cfg=dict(type='PRepBN')``
+(or ``'RepBN'``): the positional ``num_features``, ``eps`` (PRepBN: its LayerNorm's, so
+``dict(type='LN', eps=1e-6)`` -> ``dict(type='PRepBN', eps=1e-6)`` is the same LayerNorm
+at ``lam = 1``; RepBN: its BatchNorm's), ``requires_grad``; layer names ``ln<k>`` (PRepBN:
+the LayerNorm's) / ``repbn<k>``.
 """
 from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 import torch
 import torch.nn as nn
+from mmengine.registry import MODELS
 
 from ..validation import check_float, check_int
 
@@ -15,8 +23,12 @@ from ..validation import check_float, check_int
 _HALF = (torch.float16, torch.bfloat16)
 
 
+@MODELS.register_module(name='RepBN', force=True)
 class RepBN(nn.Module):
-    """``BN(x) + alpha * x`` with a BatchNorm1d over the channel dim of ``(B, N, C)``."""
+    """``BN(x) + alpha * x`` with a BatchNorm1d over the last (channel) dim; statistics over
+    every other position."""
+
+    _abbr_ = 'repbn'  # mmcv's build_norm_layer names the layer repbn<postfix>
 
     def __init__(self, channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1) -> None:
         super().__init__()
@@ -28,6 +40,10 @@ class RepBN(nn.Module):
         self.bn = nn.BatchNorm1d(channels, eps=eps, momentum=momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[-1] != self.bn.num_features:
+            raise ValueError(f'RepBN({self.bn.num_features}) got a tensor of shape '
+                             f'{tuple(x.shape)}: expected channels last, (..., '
+                             f'{self.bn.num_features})')
         # Half / bfloat16 inputs (autocast, or a .half() model in eval): float32 math, as
         # CUDA autocast runs layer_norm (it runs batch_norm in the input's dtype). The
         # output carries the *unnormalised* input (alpha * x), and the eval form
@@ -64,6 +80,7 @@ class RepBN(nn.Module):
         return scale, shift
 
 
+@MODELS.register_module(name='PRepBN', force=True)
 class PRepBN(nn.Module):
     """Progressive re-parameterized BatchNorm ("LinearNorm" in the SLAB release).
 
@@ -91,17 +108,31 @@ class PRepBN(nn.Module):
     ``lam`` in {0, 1} (``0 * y`` and ``1 * y`` are exact, LayerNorm's output is finite).
 
     Sub-module names ``norm1`` (LayerNorm) and ``norm2`` (RepBN) follow the release.
+    ``eps`` is the name mmcv's ``build_norm_layer`` passes: the LayerNorm's eps, as for
+    ``dict(type='LN')`` (give ``eps`` or ``ln_eps``, not both).
     """
 
     lam: torch.Tensor
+    # mmcv's build_norm_layer names the layer ln<postfix>: it stands where a LayerNorm
+    # stood (modules such as mmseg's ViT name attributes by it), so a LayerNorm
+    # checkpoint's ``ln1.weight`` is this module's ``ln1.norm1.weight``
+    _abbr_ = 'ln'
 
     def __init__(self,
                  channels: int,
-                 ln_eps: float = 1e-6,
+                 ln_eps: Optional[float] = None,
                  bn_eps: float = 1e-5,
-                 momentum: Optional[float] = 0.1) -> None:
+                 momentum: Optional[float] = 0.1,
+                 eps: Optional[float] = None) -> None:
         super().__init__()
         check_int('PRepBN', 'channels', channels, min=1)
+        if eps is not None:
+            if ln_eps is not None:
+                raise ValueError(f'PRepBN: eps and ln_eps both name the LayerNorm eps; give '
+                                 f'one (got eps={eps!r}, ln_eps={ln_eps!r})')
+            ln_eps = eps
+        elif ln_eps is None:
+            ln_eps = 1e-6
         check_float('PRepBN', 'ln_eps', ln_eps, min=0, min_open=True)
         check_float('PRepBN', 'bn_eps', bn_eps, min=0, min_open=True)
         if momentum is not None:  # None: BatchNorm's cumulative average
@@ -148,9 +179,9 @@ class PRepBN(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.channels:
+        if x.dim() < 2 or x.shape[-1] != self.channels:
             raise ValueError(f'PRepBN({self.channels}) got a tensor of shape {tuple(x.shape)}: '
-                             f'expected (..., {self.channels}) tokens')
+                             f'expected channels last, (..., {self.channels})')
         if x.dtype in _HALF and self.norm1.weight.dtype == torch.float32:
             # autocast / half activations of a float32 model: both branches in float32 (the
             # LayerNorm as CUDA autocast runs it, RepBN as RepBN.forward explains), float32
