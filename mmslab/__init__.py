@@ -9,6 +9,6 @@ them by plain ``type=`` after
 """
 __version__ = '0.1.0'
 
-from . import hooks, models, serialization  # noqa: E402,F401  (registers SLABPVT, SLABSwin, PRepBNHook)
+from . import hooks, models, prepbn, serialization  # noqa: E402,F401  (registers SLABPVT, SLABSwin, PRepBN, PRepBNHook)
 
 serialization.register()

@@ -1,10 +1,11 @@
 """Folding a trained detector / segmentor checkpoint for inference (what tools/deploy.py
-runs): build the config's model, load the checkpoint, fold every SLAB backbone
-(:func:`mmslab.models.reparameterize`), check the folded features, and write the folded
-checkpoint with a config that loads it strictly."""
+runs): build the config's model, load the checkpoint, fold every SLAB backbone and every
+converged PRepBN / RepBN elsewhere (:func:`mmslab.models.reparameterize`), check the folded
+features, and write the folded checkpoint with a config that loads it strictly
+(:func:`folded_config`; checked by building it and loading the file before writing)."""
 import copy
 import os
-from typing import Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -14,7 +15,7 @@ from mmengine.utils import import_modules_from_strings
 
 from .config import load_config
 from .fileio import atomic_save, atomic_write_text, check_outputs
-from .models.checkpoint_io import load_model_weights, read_checkpoint, unwrap_state_dict
+from .checkpoint_io import load_model_weights, read_checkpoint, unwrap_state_dict
 from .models.reparameterize import reparameterize
 from .validation import check_float, check_size_2d
 
@@ -27,6 +28,56 @@ def build_model_from_config(config: Union[str, Config],
         import_modules_from_strings(**cfg.custom_imports)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     return MODELS.build(cfg.model)
+
+
+NORM_TYPES = ('PRepBN', 'RepBN')
+
+
+def _deploy_norm_cfgs(node: Any) -> int:
+    """Set ``deploy=True`` in every PRepBN / RepBN norm config under ``node``."""
+    n = 0
+    if isinstance(node, dict):
+        if node.get('type') in NORM_TYPES:
+            node['deploy'] = True
+            n += 1
+        for v in node.values():
+            n += _deploy_norm_cfgs(v)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            n += _deploy_norm_cfgs(v)
+    return n
+
+
+def folded_config(cfg: Config, model: nn.Module) -> Config:
+    """The config of ``model`` folded by :func:`~mmslab.models.reparameterize`: a SLAB
+    backbone gets ``deploy=True``; every PRepBN / RepBN norm config (``norm_cfg=dict(type=
+    'PRepBN', ...)`` anywhere in the model) gets ``deploy=True`` (the norm is built as its
+    affine map); the backbone's ``init_cfg`` (pretrained weights) is dropped. ``cfg`` is
+    not changed."""
+    from .models.base_backbone import SLABBackbone
+    cfg = copy.deepcopy(cfg)
+    backbone = getattr(model, 'backbone', None)
+    if isinstance(backbone, SLABBackbone):
+        cfg.model.backbone.deploy = True
+    _deploy_norm_cfgs(cfg.model)
+    if 'backbone' in cfg.model:
+        cfg.model.backbone.init_cfg = None
+    if cfg.model.get('pretrained') is not None:  # mmseg's EncoderDecoder(pretrained=...)
+        cfg.model.pretrained = None
+    return cfg
+
+
+def config_is_folded(cfg: Config) -> bool:
+    """Whether ``cfg`` builds a folded model (as :func:`folded_config` writes it)."""
+    def deployed(node: Any) -> bool:
+        if isinstance(node, dict):
+            if node.get('type') in NORM_TYPES and node.get('deploy', False):
+                return True
+            return any(deployed(v) for v in node.values())
+        if isinstance(node, (list, tuple)):
+            return any(deployed(v) for v in node)
+        return False
+    return bool(cfg.model.get('backbone', {}).get('deploy', False)) or deployed(cfg.model)
 
 
 def deploy_outputs(out: str) -> Dict[str, str]:
@@ -45,11 +96,13 @@ def deploy_checkpoint(config: Union[str, Config],
                       cfg_options: Optional[dict] = None) -> float:
     """Re-parameterize a trained detector / segmentor checkpoint for inference.
 
-    Loads ``checkpoint`` into the config's model, folds every SLAB backbone, checks that
+    Loads ``checkpoint`` into the config's model, folds every SLAB backbone and every
+    converged PRepBN / RepBN (:func:`~mmslab.models.reparameterize`), checks that
     ``extract_feat`` on a random image is unchanged (max abs diff / max abs value <= rtol,
     both evaluated in float64),
     saves ``{'state_dict', 'meta'}`` to ``out`` and next to it ``<out stem>_config.py``
-    (the config with ``backbone.deploy=True``, which loads the file strictly).
+    (:func:`folded_config`: it builds the folded model and loads the file strictly --
+    checked before anything is written).
     Returns the measured relative difference.
 
     Never writes onto an input: ``out`` and ``<out stem>_config.py`` must not be (or
@@ -84,10 +137,18 @@ def deploy_checkpoint(config: Union[str, Config],
         raise RuntimeError(f'folded model differs from the trained one by {err:.2e} (relative)'
                            f' > {rtol:g}: not saving {out}')
     meta = dict(ckpt.get('meta', {}), deployed_from=checkpoint, fold_relative_error=err)
-    cfg = load_config(config, cfg_options)
-    cfg.model.backbone.deploy = True
-    cfg.model.backbone.init_cfg = None
+    cfg = folded_config(load_config(config, cfg_options), model)
     cfg.load_from = out
-    atomic_save({'state_dict': model.state_dict(), 'meta': meta}, out)
+    state_dict = model.state_dict()
+    try:
+        load_model_weights(build_model_from_config(cfg), {'state_dict': state_dict},
+                           strict=True, source=out)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f'the folded model cannot be described by a config: the folded config does not '
+            f'load its weights ({e}). Norms converted in Python '
+            '(convert_layernorm_to_prepbn) are not in the config: give them as '
+            "norm_cfg=dict(type='PRepBN') instead. Not saving " + out) from e
+    atomic_save({'state_dict': state_dict, 'meta': meta}, out)
     atomic_write_text(cfg.pretty_text, outputs['folded config (<out stem>_config.py)'])
     return err

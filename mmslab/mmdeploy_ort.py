@@ -106,12 +106,11 @@ def _with_dump(cfg, out_pkl: Optional[str]):
 
 
 def fold(config: str, checkpoint: str, work_dir: str) -> Tuple[str, str, Optional[float]]:
-    """The folded (config, checkpoint) of a detector: as given if the config's backbone is
-    folded already (``deploy=True``), else ``<work_dir>/folded.pth`` + its config written
+    """The folded (config, checkpoint) of a detector: as given if the config is folded
+    already (:func:`mmslab.deploy.config_is_folded`), else ``<work_dir>/folded.pth`` + its config written
     by ``deploy_checkpoint``. Returns them and the fold's relative error (or None)."""
-    from .deploy import deploy_checkpoint
-    cfg = load_config(config)
-    if cfg.model.backbone.get('deploy', False):
+    from .deploy import config_is_folded, deploy_checkpoint
+    if config_is_folded(load_config(config)):
         return config, checkpoint, None
     out = osp.join(work_dir, 'folded.pth')
     err = deploy_checkpoint(config, checkpoint, out)

@@ -109,7 +109,7 @@ def load_backbone(config: Optional[str] = None,
         return model.eval()
 
     from .deploy import build_model_from_config
-    from .models.checkpoint_io import load_model_weights, read_checkpoint
+    from .checkpoint_io import load_model_weights, read_checkpoint
     model = build_model_from_config(config, cfg_options)
     if checkpoint is None:
         model.backbone.init_weights()

@@ -3,7 +3,7 @@ and identity weights alpha), so that every term of the fold matters."""
 import torch
 import torch.nn as nn
 
-from mmslab.models import RepBN
+from mmslab.prepbn import RepBN
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import DATASETS, METRICS, MODELS
 from torch.utils.data import Dataset
 
-from mmslab.models.norms import PRepBN
+from mmslab.prepbn import PRepBN
 
 
 @DATASETS.register_module(name='MMSlabToyTokens', force=True)

@@ -13,7 +13,8 @@ import mmslab  # noqa: F401  (registers the backbones)
 from _mini import mini_kwargs
 from _tolerance import EXACT, assert_rel_close
 
-from mmslab.models import PRepBN, SLABPVT, SLABSwin, SimplifiedLinearAttention
+from mmslab.models import SLABPVT, SLABSwin, SimplifiedLinearAttention
+from mmslab.prepbn import PRepBN
 
 PVT_MINI = mini_kwargs('slab_pvt', depths=[2, 1, 1, 1])
 SWIN_MINI = mini_kwargs('slab_swin', embed_dims=32)
@@ -149,7 +150,7 @@ def test_prepbn_mixes_ln_and_repbn_in_training_and_eval():
 
 def test_prepbn_lam_travels_with_the_weights(tmp_path):
     model = build(SLABPVT, **PVT_MINI)
-    mmslab.models.set_prepbn_lam(model, 0.3)
+    mmslab.prepbn.set_prepbn_lam(model, 0.3)
     sd = model.state_dict()
     assert sd['stages.0.blocks.0.norm1.lam'].item() == pytest.approx(0.3)
     torch.save({'state_dict': sd}, tmp_path / 'mid.pth')

@@ -14,8 +14,8 @@ from _tolerance import assert_rel_close, float32_tol
 from _toy import ToyModel, ToyTokens
 
 import mmslab  # noqa: F401
-from mmslab.bn_recalibration import recalibrate_bn, recalibrate_checkpoint
-from mmslab.models.norms import RepBN
+from mmslab.prepbn.recalibration import recalibrate_bn, recalibrate_checkpoint
+from mmslab.prepbn import RepBN
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

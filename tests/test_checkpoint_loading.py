@@ -16,8 +16,9 @@ from _mini import mini_backbone, mini_kwargs, mini_spec, trained_and_folded
 from mmengine.runner import load_checkpoint
 
 from mmslab.deploy import deploy_checkpoint
-from mmslab.models import RepBN, SLABPVT, SLABSwin
-from mmslab.models.checkpoint_io import read_checkpoint
+from mmslab.models import SLABPVT, SLABSwin
+from mmslab.prepbn import RepBN
+from mmslab.checkpoint_io import read_checkpoint
 from mmslab.models.key_conversion import convert_checkpoint_file
 
 # family -> mini backbone (name in _mini.MINI, overrides)

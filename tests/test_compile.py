@@ -15,7 +15,7 @@ import pytest
 import torch
 from _tolerance import assert_rel_close, float32_tol
 
-from mmslab.models import set_prepbn_lam
+from mmslab.prepbn import set_prepbn_lam
 
 # Compiled vs eager, both float32 (AOTAutograd's decompositions sum in another order): the
 # mini models' longest reduction is 512 terms (an MLP's fc2) through at most 8 blocks;

@@ -28,7 +28,8 @@ def test_sync_bn_conversion(backbone):
     from mmengine.model import convert_sync_batchnorm, revert_sync_batchnorm
     from mmengine.registry import MODELS
 
-    from mmslab.models import RepBN, reparameterize
+    from mmslab.models import reparameterize
+    from mmslab.prepbn import RepBN
 
     torch.manual_seed(0)
     model = MODELS.build(backbone)

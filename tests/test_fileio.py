@@ -183,7 +183,7 @@ def test_deploy_never_writes_onto_its_inputs(deploy_inputs, tmp_path, out, words
 
 
 def test_recalibrate_never_writes_onto_its_inputs(deploy_inputs, tmp_path):
-    from mmslab.bn_recalibration import recalibrate_checkpoint
+    from mmslab.prepbn.recalibration import recalibrate_checkpoint
     config, ckpt, config_bytes, ckpt_bytes = deploy_inputs
     os.symlink(ckpt, tmp_path / 'link.pth')
     for out, words in ((str(tmp_path / 'link.pth'), 'the input checkpoint'),

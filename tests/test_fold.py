@@ -7,8 +7,9 @@ import torch.nn as nn
 from _mini import mini_spec
 from _tolerance import EXACT, assert_rel_close
 
-from mmslab.models import PRepBN, reparameterize
-from mmslab.models.norms import (fold_affine_into_conv, fold_affine_into_conv_input,
+from mmslab.models import reparameterize
+from mmslab.prepbn import PRepBN
+from mmslab.prepbn import (fold_affine_into_conv, fold_affine_into_conv_input,
                                  fold_affine_into_linear)
 
 MINIS = {

@@ -22,8 +22,9 @@ import torch
 import torch.nn as nn
 from _tolerance import EXACT, assert_rel_close
 
-from mmslab.models import cpu_inference, set_prepbn_lam
-from mmslab.models.norms import RepBN
+from mmslab.models import cpu_inference
+from mmslab.prepbn import set_prepbn_lam
+from mmslab.prepbn import RepBN
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 # the four mini models of tests/_mini.py; SLAB-Swin with windows (16, 8, 7, 7) rather than

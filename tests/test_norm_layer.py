@@ -7,7 +7,9 @@ import torch.nn as nn
 from _tolerance import EXACT, assert_rel_close
 from mmcv.cnn import build_norm_layer
 
-from mmslab.models import PRepBN, RepBN, set_prepbn_lam
+from _stock import KINDS, run_tokens_model, tokens_input, tokens_model
+
+from mmslab.prepbn import PRepBN, RepBN, set_prepbn_lam
 
 
 def test_build_norm_layer_names_eps_and_requires_grad():
@@ -60,75 +62,42 @@ def test_every_channels_last_layout(shape):
         assert_rel_close(norm(x), bn.view(shape) + 0.7 * x, EXACT)
 
 
-def _tokens_model(kind: str, norm_cfg: dict) -> nn.Module:
-    if kind == 'mmdet_pvtv2':
-        from mmdet.models.backbones import PyramidVisionTransformerV2
-        return PyramidVisionTransformerV2(embed_dims=16, num_layers=[1, 1, 1, 1],
-                                          num_heads=[1, 1, 2, 2], norm_cfg=norm_cfg)
-    if kind == 'mmdet_swin':
-        from mmdet.models.backbones import SwinTransformer
-        return SwinTransformer(embed_dims=16, depths=(2, 1, 1, 1), num_heads=(1, 1, 2, 2),
-                               window_size=4, norm_cfg=norm_cfg)
-    if kind == 'mmdet_detr_encoder':
-        from mmdet.models.layers.transformer import DetrTransformerEncoder
-        return DetrTransformerEncoder(2, dict(
-            self_attn_cfg=dict(embed_dims=16, num_heads=2),
-            ffn_cfg=dict(embed_dims=16, feedforward_channels=32), norm_cfg=norm_cfg))
-    if kind == 'mmseg_mit':
-        from mmseg.models.backbones import MixVisionTransformer
-        return MixVisionTransformer(embed_dims=16, num_layers=[1, 1, 1, 1],
-                                    num_heads=[1, 1, 2, 2], norm_cfg=norm_cfg)
-    from mmseg.models.backbones import VisionTransformer
-    return VisionTransformer(img_size=(32, 32), patch_size=8, embed_dims=16, num_layers=2,
-                             num_heads=2, out_indices=(1, ), final_norm=True,
-                             norm_cfg=norm_cfg)
-
-
-KINDS = ['mmdet_pvtv2', 'mmdet_swin', 'mmdet_detr_encoder', 'mmseg_mit', 'mmseg_vit']
-
-
-def _run(kind: str, model: nn.Module, x: torch.Tensor):
-    if kind == 'mmdet_detr_encoder':
-        return (model(x, query_pos=torch.zeros_like(x), key_padding_mask=None), )
-    return tuple(model(x))
-
-
 @pytest.mark.parametrize('kind', KINDS)
 def test_builds_inside_stock_modules_and_equals_layernorm_at_lam_1(kind):
     """``norm_cfg=dict(type='PRepBN', eps=1e-6)`` in place of ``dict(type='LN', eps=1e-6)``:
-    every norm the module builds is a PRepBN; with the LayerNorm's weights in the LN
-    branch and lam = 1 the module computes what the LN module computes (float64); it
-    trains (finite gradients) at lam = 0.5."""
+    every norm the module builds is a PRepBN; the LayerNorm model's state dict loads into
+    it strictly (LN branch, lam = 1), and it then computes what the LN module computes
+    (float64); it trains (finite gradients) at lam = 0.5."""
     torch.manual_seed(0)
-    ln_model = _tokens_model(kind, dict(type='LN', eps=1e-6)).double()
+    ln_model = tokens_model(kind, dict(type='LN', eps=1e-6)).double()
     ln_model.eval()  # (mmdet's Swin.train() returns None)
     with torch.no_grad():
         for m in ln_model.modules():
             if isinstance(m, nn.LayerNorm):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0, 0.1)
-    model = _tokens_model(kind, dict(type='PRepBN', eps=1e-6)).double()
+    model = tokens_model(kind, dict(type='PRepBN', eps=1e-6)).double()
     model.eval()
     n_ln = sum(isinstance(m, nn.LayerNorm) for m in ln_model.modules())
     prepbns = {n: m for n, m in model.named_modules() if isinstance(m, PRepBN)}
     assert n_ln > 0 and len(prepbns) == n_ln
-    # the LN weights go to the LN branch (norm1) of the PRepBN of the same name
-    state = {}
-    for key, value in ln_model.state_dict().items():
-        owner, _, leaf = key.rpartition('.')
-        state[f'{owner}.norm1.{leaf}' if owner in prepbns else key] = value
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and all('.norm2.' in k or k.endswith('.lam') for k in missing)
+    # the key map: the LayerNorm state dict loads strictly; LN weights to the LN branch
+    # (norm1) of the PRepBN of the same name, lam = 1, the RepBN branch as initialised
+    init_bn = {n: m.norm2.bn.weight.clone() for n, m in prepbns.items()}
+    model.load_state_dict(ln_model.state_dict(), strict=True)
+    for name, m in prepbns.items():
+        assert float(m.lam) == 1.0
+        assert torch.equal(m.norm1.weight, ln_model.get_submodule(name).weight)
+        assert torch.equal(m.norm2.bn.weight, init_bn[name])
     assert set_prepbn_lam(model, 1.0) == n_ln
-    x = (torch.randn(2, 10, 16) if kind == 'mmdet_detr_encoder'
-         else torch.randn(2, 3, 32, 32)).double()
+    x = tokens_input(kind)
     with torch.no_grad():
-        for a, b in zip(_run(kind, model, x), _run(kind, ln_model, x)):
+        for a, b in zip(run_tokens_model(kind, model, x), run_tokens_model(kind, ln_model, x)):
             assert_rel_close(a, b, EXACT)
     set_prepbn_lam(model, 0.5)
     model.train()
     model.float()
-    outs = _run(kind, model, x.float())
+    outs = run_tokens_model(kind, model, x.float())
     sum(o.square().mean() for o in outs).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)

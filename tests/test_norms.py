@@ -7,7 +7,8 @@ import torch
 from _mini import mini_kwargs
 from _tolerance import EXACT, assert_rel_close, float32_tol
 
-from mmslab.models import PRepBN, SLABSwin, set_prepbn_lam
+from mmslab.models import SLABSwin
+from mmslab.prepbn import PRepBN, set_prepbn_lam
 
 SWIN_MINI = mini_kwargs('slab_swin', depths=[1, 1, 1, 1])
 

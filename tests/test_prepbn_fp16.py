@@ -16,7 +16,7 @@ import pytest
 import torch
 from _tolerance import assert_rel_close, float32_tol
 
-from mmslab.models.norms import PRepBN, RepBN
+from mmslab.prepbn import PRepBN, RepBN
 
 HALF = [torch.float16, torch.bfloat16]
 IDS = ['fp16', 'bf16']

@@ -8,7 +8,8 @@ import torch.nn as nn
 from _fold_terms import randomize_repbn
 from _mini import config_kwargs, mini_spec
 
-from mmslab.models import PRepBN, RepBN, SLABSwin, reparameterize
+from mmslab.models import SLABSwin, reparameterize
+from mmslab.prepbn import PRepBN, RepBN
 
 MINIS = {
     'pvt_LLLL': mini_spec('slab_pvt', depths=[2, 1, 1, 1]),
@@ -87,7 +88,7 @@ def test_reparameterize_finds_backbones_in_a_wrapper():
     wrapper = nn.Sequential(random_model(cls, kw, torch.float32), nn.Identity())
     assert reparameterize(wrapper) == 1
     assert wrapper[0].deploy
-    with pytest.raises(ValueError, match='contains no SLAB backbone'):
+    with pytest.raises(ValueError, match='has nothing to re-parameterize'):
         reparameterize(nn.Linear(2, 2))
 
 

@@ -130,7 +130,7 @@ def test_trusted_conversion_of_a_file_the_loader_refuses(tmp_path: Path, release
 
     from convert_checkpoint import main as convert_main
     from mmslab.models import SLABPVT
-    from mmslab.models.checkpoint_io import read_checkpoint
+    from mmslab.checkpoint_io import read_checkpoint
 
     src = tmp_path / 'train_ckpt.pth'
     torch.save({'model': release_weights('slab_pvt_tiny'), 'args': argparse.Namespace(lr=1e-3)},

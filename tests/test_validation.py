@@ -9,7 +9,8 @@ import pytest
 import torch
 from _mini import mini_kwargs
 
-from mmslab.models import SLABPVT, PRepBN, RepBN, SLABSwin
+from mmslab.models import SLABPVT, SLABSwin
+from mmslab.prepbn import PRepBN, RepBN
 from mmslab.models import SimplifiedLinearAttention as SLA
 from mmslab.validation import (argparse_float, argparse_int, check_bool, check_choice,
                                check_float, check_float_seq, check_int, check_int_seq,

@@ -9,7 +9,8 @@ from _mini import mini_kwargs
 from mmengine.registry import MODELS, WEIGHT_INITIALIZERS
 
 import mmslab  # noqa: F401  (registers the backbones and the initializer)
-from mmslab.models import RepBN, SLABPVT, SLABScratchInit, SLABSwin
+from mmslab.models import SLABPVT, SLABScratchInit, SLABSwin
+from mmslab.prepbn import RepBN
 
 PVT_MINI = mini_kwargs('pvt_demo')  # the recipe's model: the demo detector's backbone
 SWIN_MINI = mini_kwargs('slab_swin', embed_dims=32)

@@ -6,7 +6,7 @@
 Runs N batches of the config's ``train_dataloader`` through the frozen model (RepBN
 BatchNorms in train mode with a cumulative average, everything else in eval mode) and
 writes ``<checkpoint stem>_bnrecal.pth`` next to the input (or ``--out``). The input
-checkpoint is never overwritten. See ``mmslab.bn_recalibration``.
+checkpoint is never overwritten. See ``mmslab.prepbn.recalibration``.
 """
 import argparse
 from typing import List, Optional
@@ -14,7 +14,7 @@ from typing import List, Optional
 from mmengine.config import DictAction
 
 import mmslab  # noqa: F401  (registers the SLAB modules)
-from mmslab.bn_recalibration import recalibrate_checkpoint
+from mmslab.prepbn.recalibration import recalibrate_checkpoint
 from mmslab.validation import argparse_int, argparse_path
 
 

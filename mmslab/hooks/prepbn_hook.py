@@ -5,7 +5,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from mmslab.models.norms import set_prepbn_lam
+from mmslab.prepbn import set_prepbn_lam
 from mmslab.validation import check_float, check_int, is_int, is_number
 
 DATA_BATCH = Optional[Union[dict, tuple, list]]

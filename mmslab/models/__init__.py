@@ -4,7 +4,6 @@ from .attention import (SimplifiedLinearAttention, SpatialReductionAttention, To
                         WindowAttention)
 from .base_backbone import SLABBackbone
 from .key_conversion import convert_slab_pvt, convert_slab_swin
-from .norms import PRepBN, RepBN, set_prepbn_lam
 from .pretrained import load_pretrained
 from .reparameterize import reparameterize
 from .slab_pvt import SLABPVT
@@ -12,7 +11,7 @@ from .slab_swin import SLABSwin
 from .weight_init import SLABScratchInit, init_transformer_weights
 
 __all__ = [
-    'PRepBN', 'RepBN', 'set_prepbn_lam', 'TokenMixer', 'SimplifiedLinearAttention',
+    'TokenMixer', 'SimplifiedLinearAttention',
     'WindowAttention', 'SpatialReductionAttention', 'SLABBackbone', 'SLABPVT', 'SLABSwin',
     'PVTArch', 'SwinArch', 'PVT_ARCHS', 'SWIN_ARCHS', 'convert_slab_pvt', 'convert_slab_swin',
     'load_pretrained', 'reparameterize', 'SLABScratchInit', 'init_transformer_weights'

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..validation import check_bool, check_choice, check_float, check_int, check_size_2d
 from . import cpu_inference
-from .norms import PRepBN, fold_affine_into_conv_input, fold_affine_into_linear
+from ..prepbn import PRepBN, fold_affine_into_conv_input, fold_affine_into_linear
 from .pos_embed import resize_pos_embed
 
 HW = Tuple[int, int]

@@ -13,7 +13,7 @@ from mmengine.registry import WEIGHT_INITIALIZERS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..validation import check_bool, check_float, check_int, check_out_indices
-from .norms import PRepBN
+from ..prepbn import PRepBN, RepBN
 from .pretrained import load_pretrained
 from .weight_form import check_state_dict_form
 from .weight_init import init_transformer_weights
@@ -153,7 +153,10 @@ class SLABBackbone(BaseModule):
             return
         self.check_foldable()
         for m in self.modules():
-            if m is not self and hasattr(m, 'switch_to_deploy'):
+            # the blocks fold their norms into the adjacent layers; a norm that no layer
+            # absorbs (an output norm) stays the eval-mode RepBN of its trained form
+            if (m is not self and hasattr(m, 'switch_to_deploy')
+                    and not isinstance(m, (PRepBN, RepBN))):
                 m.switch_to_deploy()
         self.deploy = True
 

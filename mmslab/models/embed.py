@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .norms import PRepBN, fold_affine_into_conv
+from ..prepbn import PRepBN, fold_affine_into_conv
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, dims: Tuple[int, int]) -> torch.Tensor:

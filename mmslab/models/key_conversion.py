@@ -13,7 +13,7 @@ import torch
 
 from ..fileio import atomic_save, check_outputs
 from ..validation import check_choice
-from .checkpoint_io import describe_state_dict, read_checkpoint, unwrap_state_dict
+from ..checkpoint_io import describe_state_dict, read_checkpoint, unwrap_state_dict
 
 StateDict = Dict[str, torch.Tensor]
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger, print_log
 
-from .checkpoint_io import describe_state_dict, read_checkpoint, unwrap_state_dict
+from ..checkpoint_io import describe_state_dict, read_checkpoint, unwrap_state_dict
 from .key_conversion import dropped_keys
 from .pos_embed import RESIZABLE_TABLES, resize_checkpoint_table
 from .weight_form import check_state_dict_form

@@ -22,7 +22,7 @@ from .base_backbone import SLABBackbone
 from .embed import PatchEmbed
 from .key_conversion import convert_slab_pvt
 from .mlp import Mlp
-from .norms import PRepBN, fold_affine_into_linear
+from ..prepbn import PRepBN, fold_affine_into_linear
 from .pos_embed import resize_pos_embed
 
 HW = Tuple[int, int]

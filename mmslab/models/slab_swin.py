@@ -21,7 +21,7 @@ from .base_backbone import SLABBackbone
 from .embed import PatchEmbed, pad_to_multiple
 from .key_conversion import convert_slab_swin
 from .mlp import Mlp
-from .norms import PRepBN, fold_affine_into_linear
+from ..prepbn import PRepBN, fold_affine_into_linear
 from .windows import shift_window_mask, window_partition, window_reverse
 
 HW = Tuple[int, int]

@@ -16,7 +16,7 @@ from mmengine.model.weight_init import BaseInit, constant_init, normal_init, tru
 from mmengine.registry import WEIGHT_INITIALIZERS
 
 from ..validation import check_choice, check_float
-from .norms import RepBN
+from ..prepbn import RepBN
 
 #: leaf names of the attention input projections (PVT: q, kv; Swin: qkv) and the MLP
 _QKV = ('q', 'kv', 'qkv')

@@ -80,7 +80,7 @@ def build_backbone(name: str, mini: bool = False,
 def set_mode(model: nn.Module, train: bool) -> None:
     """Eval, or train as the benchmark trains: SLAB's RepBN BatchNorms on batch statistics
     (``norm_eval=False``) and ``lam = TRAIN_LAM``; eval runs the converged ``lam = 0``."""
-    from mmslab.models import set_prepbn_lam
+    from mmslab.prepbn import set_prepbn_lam
     for m in model.modules():
         if hasattr(m, 'norm_eval') and hasattr(m, 'frozen_modules'):  # SLAB backbones
             m.norm_eval = False

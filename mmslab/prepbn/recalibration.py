@@ -19,8 +19,8 @@ from mmengine.runner.checkpoint import get_state_dict, weights_to_cpu
 
 from mmslab.config import load_config
 from mmslab.fileio import atomic_save, check_outputs
-from mmslab.models.checkpoint_io import load_model_weights, read_checkpoint
-from mmslab.models.norms import RepBN
+from mmslab.checkpoint_io import load_model_weights, read_checkpoint
+from .norm import RepBN
 
 LoggerType = Optional[Union[logging.Logger, str]]
 

@@ -10,17 +10,41 @@ builds its norms with mmcv's ``build_norm_layer`` takes ``norm_cfg=dict(type='PR
 ``dict(type='LN', eps=1e-6)`` -> ``dict(type='PRepBN', eps=1e-6)`` is the same LayerNorm
 at ``lam = 1``; RepBN: its BatchNorm's), ``requires_grad``; layer names ``ln<k>`` (PRepBN:
 the LayerNorm's) / ``repbn<k>``.
+
+Both have the deploy form of mmpretrain's re-parameterizable blocks: ``deploy=True`` builds,
+and :meth:`switch_to_deploy` turns a converged norm into, the per-channel affine map
+(parameters ``scale`` and ``shift``) that it is in eval mode -- exact, no statistics, no
+schedule.
+
+A PRepBN also loads a LayerNorm's entries (``<prefix>weight`` / ``<prefix>bias``): they go
+to its LayerNorm branch and ``lam`` becomes 1, so the model computes what the LayerNorm
+model computed (:mod:`mmslab.prepbn.keymap`).
 """
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from mmengine.registry import MODELS
 
 from ..validation import check_float, check_int
-
+from .affine import apply_channel_affine
+from .keymap import load_layernorm_entries
 
 _HALF = (torch.float16, torch.bfloat16)
+
+
+def _check_channels_last(owner: str, channels: int, x: torch.Tensor) -> None:
+    if x.dim() < 2 or x.shape[-1] != channels:
+        raise ValueError(f'{owner}({channels}) got a tensor of shape {tuple(x.shape)}: '
+                         f'expected channels last, (..., {channels}) -- tokens (B, N, C), '
+                         '(N, B, C) or (B, C)')
+
+
+def _affine_parameters(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor,
+                       requires_grad: bool) -> None:
+    """Give ``module`` the deploy form's parameters ``scale`` / ``shift``."""
+    module.scale = nn.Parameter(scale.detach().clone(), requires_grad=requires_grad)
+    module.shift = nn.Parameter(shift.detach().clone(), requires_grad=requires_grad)
 
 
 @MODELS.register_module(name='RepBN', force=True)
@@ -30,46 +54,62 @@ class RepBN(nn.Module):
 
     _abbr_ = 'repbn'  # mmcv's build_norm_layer names the layer repbn<postfix>
 
-    def __init__(self, channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1) -> None:
+    def __init__(self, channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 deploy: bool = False) -> None:
         super().__init__()
         check_int('RepBN', 'channels', channels, min=1)
         check_float('RepBN', 'eps', eps, min=0, min_open=True)
         if momentum is not None:  # None: BatchNorm's cumulative average
             check_float('RepBN', 'momentum (or None)', momentum, min=0, max=1)
+        self.channels = channels
+        self.deploy = bool(deploy)
+        if self.deploy:
+            _affine_parameters(self, torch.ones(channels), torch.zeros(channels), True)
+            return
         self.alpha = nn.Parameter(torch.ones(1))
         self.bn = nn.BatchNorm1d(channels, eps=eps, momentum=momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2 or x.shape[-1] != self.bn.num_features:
-            raise ValueError(f'RepBN({self.bn.num_features}) got a tensor of shape '
-                             f'{tuple(x.shape)}: expected channels last, (..., '
-                             f'{self.bn.num_features})')
-        # Half / bfloat16 inputs (autocast, or a .half() model in eval): float32 math, as
-        # CUDA autocast runs layer_norm (it runs batch_norm in the input's dtype). The
-        # output carries the *unnormalised* input (alpha * x), and the eval form
+        _check_channels_last('RepBN', self.channels, x)
+        if self.deploy:
+            return apply_channel_affine(x, self.scale, self.shift)
+        if not self.bn.training:
+            # the eval map scale * x + shift; half inputs in float32 (apply_channel_affine)
+            return apply_channel_affine(x, *self.affine())
+        # Half / bfloat16 inputs (autocast, or half activations of a float32 model): float32
+        # math, as CUDA autocast runs layer_norm (it runs batch_norm in the input's dtype).
+        # The output carries the *unnormalised* input (alpha * x), and the eval form
         # scale * x + shift multiplies x by gamma / std + alpha: in half precision that
         # product and shift leave the fp16 range (or keep 8 bits in bf16) for channels of
         # large mean and small spread although the result is representable.
-        if x.dtype in _HALF and (self.alpha.dtype == torch.float32 or not self.bn.training):
+        if x.dtype in _HALF and self.alpha.dtype == torch.float32:
             out_dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
             with torch.autocast(x.device.type, enabled=False):
-                if self.bn.training:
-                    return self._forward(x.float()).to(out_dtype)
-                scale, shift = self.affine()
-                return torch.addcmul(shift.float(), x.float(), scale.float()).to(out_dtype)
-        return self._forward(x)
+                return self._train_forward(x.float()).to(out_dtype)
+        return self._train_forward(x)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bn.training:
-            # (B*N, C) rows: the same statistics as BatchNorm1d on (B, C, N), no transposes.
-            y = self.bn(x.reshape(-1, x.shape[-1])).view_as(x)
-            return y + self.alpha * x
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B*N, C) rows: the same statistics as BatchNorm1d on (B, C, N), no transposes.
+        y = self.bn(x.reshape(-1, x.shape[-1])).view_as(x)
+        return y + self.alpha * x
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Become the eval-mode map ``scale * x + shift`` (exact; from the running
+        statistics, whatever the mode)."""
+        if self.deploy:
+            return
         scale, shift = self.affine()
-        return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
+        requires_grad = self.alpha.requires_grad
+        del self.alpha, self.bn
+        _affine_parameters(self, scale, shift, requires_grad)
+        self.deploy = True
 
     def affine(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The eval-mode map as ``y = scale * x + shift`` (per channel), in the parameters'
         dtype, at least float32 (``shift`` of a half model may be beyond the fp16 range)."""
+        if self.deploy:
+            return self.scale, self.shift
         bn = self.bn
         acc = torch.promote_types(bn.running_var.dtype, torch.float32)
         inv_std = torch.rsqrt(bn.running_var.to(acc) + bn.eps)
@@ -110,6 +150,9 @@ class PRepBN(nn.Module):
     Sub-module names ``norm1`` (LayerNorm) and ``norm2`` (RepBN) follow the release.
     ``eps`` is the name mmcv's ``build_norm_layer`` passes: the LayerNorm's eps, as for
     ``dict(type='LN')`` (give ``eps`` or ``ln_eps``, not both).
+
+    ``deploy=True`` / :meth:`switch_to_deploy`: the converged norm's affine map alone
+    (parameters ``scale``, ``shift``; no branches, no ``lam``).
     """
 
     lam: torch.Tensor
@@ -123,7 +166,8 @@ class PRepBN(nn.Module):
                  ln_eps: Optional[float] = None,
                  bn_eps: float = 1e-5,
                  momentum: Optional[float] = 0.1,
-                 eps: Optional[float] = None) -> None:
+                 eps: Optional[float] = None,
+                 deploy: bool = False) -> None:
         super().__init__()
         check_int('PRepBN', 'channels', channels, min=1)
         if eps is not None:
@@ -138,6 +182,10 @@ class PRepBN(nn.Module):
         if momentum is not None:  # None: BatchNorm's cumulative average
             check_float('PRepBN', 'momentum (or None)', momentum, min=0, max=1)
         self.channels = channels
+        self.deploy = bool(deploy)
+        if self.deploy:
+            _affine_parameters(self, torch.ones(channels), torch.zeros(channels), True)
+            return
         self.norm1 = nn.LayerNorm(channels, eps=ln_eps)
         self.norm2 = RepBN(channels, eps=bn_eps, momentum=momentum)
         self.register_buffer('lam', torch.zeros((), dtype=torch.float64))  # exact: a double
@@ -146,6 +194,9 @@ class PRepBN(nn.Module):
         if name == 'lam' and 'lam' in self.__dict__.get('_buffers', {}):
             self._set_lam(value)
             return
+        if name == 'lam' and self.__dict__.get('deploy'):
+            raise ValueError('PRepBN in its deploy form (an affine map) has no lam to set: '
+                             'the schedule ended when it was folded')
         super().__setattr__(name, value)
 
     def _set_lam(self, value: Any) -> None:
@@ -171,6 +222,8 @@ class PRepBN(nn.Module):
                recurse: bool = True) -> 'PRepBN':
         # .half() / .to(dtype) convert every floating buffer; lam keeps its exact float64
         # value (and follows a device move)
+        if self.deploy:
+            return super()._apply(fn, recurse)
         lam = self._buffers['lam']
         super()._apply(fn, recurse)
         new = self._buffers['lam']
@@ -179,9 +232,9 @@ class PRepBN(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2 or x.shape[-1] != self.channels:
-            raise ValueError(f'PRepBN({self.channels}) got a tensor of shape {tuple(x.shape)}: '
-                             f'expected channels last, (..., {self.channels})')
+        _check_channels_last('PRepBN', self.channels, x)
+        if self.deploy:
+            return apply_channel_affine(x, self.scale, self.shift)
         if x.dtype in _HALF and self.norm1.weight.dtype == torch.float32:
             # autocast / half activations of a float32 model: both branches in float32 (the
             # LayerNorm as CUDA autocast runs it, RepBN as RepBN.forward explains), float32
@@ -203,6 +256,11 @@ class PRepBN(nn.Module):
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any,
                               **kwargs: Any) -> None:
+        if self.deploy:
+            return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # a LayerNorm's weight / bias: the LayerNorm branch, lam = 1 (raises on entries
+        # that are not a LayerNorm's of these channels)
+        load_layernorm_entries(self, state_dict, prefix)
         # files without lam (release checkpoints, older mmslab ones) hold converged models
         state_dict.setdefault(prefix + 'lam', torch.zeros((), dtype=torch.float64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -212,6 +270,8 @@ class PRepBN(nn.Module):
 
     def check_foldable(self) -> None:
         """Raise unless this PRepBN is an affine map (``lam = 0``): LayerNorm does not fold."""
+        if self.deploy:
+            return
         lam = float(self.lam)
         if lam != 0.0:
             raise ValueError(
@@ -223,10 +283,27 @@ class PRepBN(nn.Module):
     def affine(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The map of a converged (``lam = 0``) eval-mode PRepBN: ``y = scale * x + shift``.
         Raises for ``lam != 0`` (see :meth:`check_foldable`)."""
+        if self.deploy:
+            return self.scale, self.shift
         self.check_foldable()
         return self.norm2.affine()
 
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Become the converged norm's affine map ``scale * x + shift`` (exact, from the
+        RepBN branch's running statistics). Raises, changing nothing, unless ``lam = 0``."""
+        if self.deploy:
+            return
+        scale, shift = self.affine()
+        requires_grad = self.norm2.alpha.requires_grad
+        del self.norm1, self.norm2
+        del self._buffers['lam']
+        _affine_parameters(self, scale, shift, requires_grad)
+        self.deploy = True
+
     def extra_repr(self) -> str:
+        if self.deploy:
+            return f'{self.channels}, deploy=True'
         try:
             return f'lam={float(self.lam):g}'
         except (RuntimeError, ValueError):  # a meta / fake tensor has no value
@@ -244,75 +321,3 @@ def _read_free(lam: torch.Tensor) -> Optional[float]:
         return float(lam)
     except Exception:  # noqa: BLE001 -- vmap / fake / fx proxies raise various types
         return None
-
-
-FoldedT = TypeVar('FoldedT', nn.Linear, nn.Conv2d)
-
-
-def _keep_requires_grad(new: FoldedT, weight: torch.Tensor) -> FoldedT:
-    """The folded layer's weight and bias require grad as the original weight did (a
-    frozen layer stays frozen)."""
-    new.weight.requires_grad_(weight.requires_grad)
-    new.bias.requires_grad_(weight.requires_grad)
-    return new
-
-
-@torch.no_grad()
-def fold_affine_into_linear(linear: nn.Linear, scale: torch.Tensor,
-                            shift: torch.Tensor) -> nn.Linear:
-    """Return a Linear equal to ``linear(scale * x + shift)`` (exact, same dtype)."""
-    w = linear.weight
-    acc = torch.float64
-    new = nn.Linear(linear.in_features, linear.out_features, bias=True,
-                    device=w.device, dtype=w.dtype)
-    bias = w.to(acc) @ shift.to(acc)
-    if linear.bias is not None:
-        bias = bias + linear.bias.to(acc)
-    new.weight.copy_((w.to(acc) * scale.to(acc)).to(w.dtype))
-    new.bias.copy_(bias.to(w.dtype))
-    return _keep_requires_grad(new, w)
-
-
-@torch.no_grad()
-def fold_affine_into_conv(conv: nn.Conv2d, scale: torch.Tensor,
-                          shift: torch.Tensor) -> nn.Conv2d:
-    """Return a Conv2d equal to ``scale * conv(x) + shift`` per output channel (exact)."""
-    w = conv.weight
-    acc = torch.float64
-    new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                    conv.padding, conv.dilation, conv.groups, bias=True,
-                    padding_mode=conv.padding_mode, device=w.device, dtype=w.dtype)
-    bias = conv.bias.to(acc) if conv.bias is not None else torch.zeros_like(shift, dtype=acc)
-    new.weight.copy_((w.to(acc) * scale.to(acc).view(-1, 1, 1, 1)).to(w.dtype))
-    new.bias.copy_((bias * scale.to(acc) + shift.to(acc)).to(w.dtype))
-    return _keep_requires_grad(new, w)
-
-
-@torch.no_grad()
-def fold_affine_into_conv_input(conv: nn.Conv2d, scale: torch.Tensor,
-                                shift: torch.Tensor) -> nn.Conv2d:
-    """Return a Conv2d equal to ``conv(scale * x + shift)`` for a conv without padding."""
-    if any(p != 0 for p in conv.padding) or conv.groups != 1:
-        raise ValueError('an input affine folds exactly only into an unpadded dense conv')
-    w = conv.weight
-    acc = torch.float64
-    new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                    conv.padding, conv.dilation, conv.groups, bias=True,
-                    device=w.device, dtype=w.dtype)
-    bias = conv.bias.to(acc) if conv.bias is not None else torch.zeros(
-        conv.out_channels, dtype=acc, device=w.device)
-    new.weight.copy_((w.to(acc) * scale.to(acc).view(1, -1, 1, 1)).to(w.dtype))
-    new.bias.copy_((bias + (w.to(acc) * shift.to(acc).view(1, -1, 1, 1)).sum((1, 2, 3)))
-                   .to(w.dtype))
-    return _keep_requires_grad(new, w)
-
-
-def set_prepbn_lam(model: nn.Module, lam: float) -> int:
-    """Set ``lam`` of every PRepBN in ``model``; return how many there are."""
-    n = 0
-    for m in model.modules():
-        if isinstance(m, PRepBN):
-            m.lam = lam
-            n += 1
-    return n
-

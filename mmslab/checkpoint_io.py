@@ -22,7 +22,7 @@ import torch.nn as nn
 from mmengine.logging import MMLogger
 from mmengine.runner import CheckpointLoader, load_state_dict
 
-from ..serialization import load_trusted
+from .serialization import load_trusted
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -210,9 +210,6 @@ def read_checkpoint(filename: str, map_location: str = 'cpu',
         raise ValueError(f'cannot load checkpoint {filename}: '
                          f'{_diagnose_file(os.path.expanduser(filename), e)}') from e
 
-
-# A trained-form (unfolded) SLAB state dict has PRepBN entries: <norm>.norm1.{weight,bias}
-# (LayerNorm), <norm>.norm2.{alpha,bn.*} (RepBN), <norm>.lam. A folded (deploy) one has
 
 def describe_state_dict(sd: StateDict) -> str:
     """A short description of the architecture a (converted) state dict belongs to."""
