@@ -59,12 +59,14 @@ ARCH = {
 
 
 def _all_configs():
-    """Every model config, configs/demo/ and configs/study/ included (configs/mmdeploy/
-    holds mmdeploy deploy configs, exercised by tests/test_e2e.py and test_e2e_swin.py)."""
+    """Every SLAB model config, configs/demo/ and configs/study/ included (configs/mmdeploy/
+    holds mmdeploy deploy configs, exercised by tests/test_e2e.py and test_e2e_swin.py;
+    configs/prepbn/, stock models with PRepBN norms, are checked by
+    test_prepbn_configs_change_only_the_norm)."""
     return sorted(
         rel for rel in (osp.relpath(p, CONFIG_DIR)
                         for p in glob.glob(osp.join(CONFIG_DIR, '**', '*.py'), recursive=True))
-        if not rel.startswith('mmdeploy' + osp.sep))
+        if not rel.startswith(('mmdeploy' + osp.sep, 'prepbn' + osp.sep)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,6 +97,57 @@ def _build(cfg, scope):
 
 def test_every_config_is_covered():
     assert _all_configs() == sorted(EXPECTED)
+    found = sorted(osp.basename(p) for p in glob.glob(osp.join(CONFIG_DIR, 'prepbn', '*.py')))
+    assert found == sorted(PREPBN)
+
+
+# configs/prepbn/: stock model configs with PRepBN norms -> (scope, the stock config, the
+# path of the norm_cfg that changed, the extra changes of the recipe)
+PREPBN = {
+    'mask_rcnn_pvtv2_b0_prepbn_fpn_1x_coco.py':
+    ('mmdet', 'mmdet::pvt/retinanet_pvtv2-b0_fpn_1x_coco.py', 'backbone'),
+    'deformable_detr_prepbn_encoder_r50_16xb2_50e_coco.py':
+    ('mmdet', 'mmdet::deformable_detr/deformable-detr_r50_16xb2-50e_coco.py',
+     'encoder.layer_cfg'),
+    'segformer_mit-b0_prepbn_8xb2-160k_ade20k-512x512.py':
+    ('mmseg', 'mmseg::segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py', 'backbone'),
+}
+
+
+@pytest.mark.parametrize('rel', sorted(PREPBN))
+def test_prepbn_configs_change_only_the_norm(rel):
+    """The PRepBN config's model is the stock one with PRepBN where the stock one has
+    LayerNorm (same backbone / encoder settings, same init_cfg), the LN -> RepBN schedule
+    over half the run; every LayerNorm of the stock part is a PRepBN in the built model."""
+    from mmslab.prepbn import PRepBN
+    scope, stock_rel, path = PREPBN[rel]
+    cfg = Config.fromfile(osp.join(CONFIG_DIR, 'prepbn', rel))
+    from mmengine.hub import get_config
+    stock = get_config(stock_rel)
+    assert cfg.custom_imports == dict(imports=['mmslab'], allow_failed_imports=False)
+    assert [dict(h) for h in cfg.custom_hooks] == [dict(type='PRepBNHook', r0=1.0,
+                                                        decay_iters=0.5)]
+    ours, theirs = cfg.model, stock.model
+    for key in path.split('.'):
+        ours, theirs = ours[key], theirs[key]
+    assert ours.norm_cfg.type == 'PRepBN'
+    assert {k: v for k, v in ours.items() if k != 'norm_cfg'} == \
+        {k: v for k, v in theirs.items() if k != 'norm_cfg'}
+    model_cfg = copy.deepcopy(cfg.model)
+    stock_cfg = copy.deepcopy(stock.model)
+    for c in (model_cfg, stock_cfg):
+        c.backbone.init_cfg = None
+    model = _registry(scope).build(model_cfg)
+    stock_model = _registry(scope).build(stock_cfg)
+    part = model.get_submodule(path.split('.')[0])
+    stock_part = stock_model.get_submodule(path.split('.')[0])
+    n_ln = sum(isinstance(m, torch.nn.LayerNorm) for m in stock_part.modules())
+    assert n_ln > 0
+    assert sum(isinstance(m, PRepBN) for m in part.modules()) == n_ln
+    for name, ln in stock_part.named_modules():  # same place, same LayerNorm eps
+        if isinstance(ln, torch.nn.LayerNorm):
+            norm = part.get_submodule(name)
+            assert isinstance(norm, PRepBN) and norm.norm1.eps == ln.eps, name
 
 
 @pytest.mark.parametrize('rel', sorted(EXPECTED))
