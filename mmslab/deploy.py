@@ -145,10 +145,9 @@ def deploy_checkpoint(config: Union[str, Config],
                            strict=True, source=out)
     except RuntimeError as e:
         raise RuntimeError(
-            f'the folded model cannot be described by a config: the folded config does not '
-            f'load its weights ({e}). Norms converted in Python '
-            '(convert_layernorm_to_prepbn) are not in the config: give them as '
-            "norm_cfg=dict(type='PRepBN') instead. Not saving " + out) from e
+            f'the folded config does not build a model that loads the folded weights ({e}): '
+            'every folded norm must come from a PRepBN / RepBN norm config or a SLAB '
+            'backbone of the config. Not saving ' + out) from e
     atomic_save({'state_dict': state_dict, 'meta': meta}, out)
     atomic_write_text(cfg.pretty_text, outputs['folded config (<out stem>_config.py)'])
     return err

@@ -6,6 +6,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from mmslab.prepbn import set_prepbn_lam
+from mmslab.prepbn.padding import ignore_padding
 from mmslab.validation import check_float, check_int, is_int, is_number
 
 DATA_BATCH = Optional[Union[dict, tuple, list]]
@@ -58,6 +59,9 @@ class PRepBNHook(Hook):
             number of iterations (``0``: switch to ``lam = 0`` right after the
             warmup); a ``float`` in ``(0, 1]`` is a fraction of ``runner.max_iters``
             (the whole run, also for epoch-based loops). Defaults to 0.5.
+        ignore_padding (bool): Leave padded tokens out of the RepBN batch statistics
+            in modules that take a ``key_padding_mask`` (DETR-family encoders;
+            :mod:`mmslab.prepbn.padding`). No effect on other models. Defaults to True.
     """
 
     priority = 'NORMAL'
@@ -65,7 +69,8 @@ class PRepBNHook(Hook):
     def __init__(self,
                  r0: float = 1.0,
                  warmup_iters: int = 0,
-                 decay_iters: Union[int, float] = 0.5) -> None:
+                 decay_iters: Union[int, float] = 0.5,
+                 ignore_padding: bool = True) -> None:
         name = type(self).__name__
         r0 = check_float(name, 'r0', r0, min=0, max=1)
         warmup_iters = check_int(name, 'warmup_iters', warmup_iters, min=0)
@@ -85,6 +90,10 @@ class PRepBNHook(Hook):
         self.r0 = float(r0)
         self.warmup_iters = warmup_iters
         self.decay_iters = decay_iters
+        if not isinstance(ignore_padding, bool):
+            raise TypeError(f'{name}: ignore_padding must be True or False, got '
+                            f'{ignore_padding!r}')
+        self.ignore_padding = ignore_padding
         self._warned = False
 
     def decay_length(self, max_iters: int) -> float:
@@ -107,6 +116,12 @@ class PRepBNHook(Hook):
         lam = self._apply(runner)
         if lam is None:
             return
+        if self.ignore_padding:
+            model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+            n = ignore_padding(model)
+            if n:
+                runner.logger.info(f'PRepBNHook: padded tokens left out of the RepBN '
+                                   f'statistics in {n} module(s) taking a key_padding_mask')
         end = self.warmup_iters + self.decay_length(runner.max_iters)
         if self.r0 > 0 and end > runner.max_iters:
             final = self.lam_at(runner.max_iters - 1, runner.max_iters)

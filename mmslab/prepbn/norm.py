@@ -65,6 +65,8 @@ class RepBN(nn.Module):
             check_float('RepBN', 'momentum (or None)', momentum, min=0, max=1)
         self.channels = channels
         self.deploy = bool(deploy)
+        # padded positions to leave out of the batch statistics (mmslab.prepbn.padding)
+        self.token_mask: Optional[torch.Tensor] = None
         if self.deploy:
             _affine_parameters(self, torch.ones(channels), torch.zeros(channels), True)
             return
@@ -91,9 +93,43 @@ class RepBN(nn.Module):
         return self._train_forward(x)
 
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.token_mask is not None:
+            return self._masked_train_forward(x, self.token_mask) + self.alpha * x
         # (B*N, C) rows: the same statistics as BatchNorm1d on (B, C, N), no transposes.
         y = self.bn(x.reshape(-1, x.shape[-1])).view_as(x)
         return y + self.alpha * x
+
+    def _masked_train_forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """BatchNorm in training over the tokens where ``mask`` (``x.shape[:-1]``, True at
+        padded positions, as a ``key_padding_mask``) is False: batch statistics and the
+        running-statistics update (BatchNorm1d's momentum / cumulative rule, unbiased
+        running variance) over the valid tokens; every token normalised with them."""
+        bn = self.bn
+        if tuple(mask.shape) != tuple(x.shape[:-1]):
+            raise ValueError(f'RepBN: padding mask of shape {tuple(mask.shape)} for tokens of '
+                             f'shape {tuple(x.shape)}: expected {tuple(x.shape[:-1])}')
+        if type(bn) is not nn.BatchNorm1d:
+            raise ValueError(f'RepBN: ignoring padded tokens needs a local BatchNorm1d, not '
+                             f'{type(bn).__name__} (PRepBNHook(ignore_padding=False))')
+        rows = x.reshape(-1, x.shape[-1])
+        valid = rows[~mask.reshape(-1).to(torch.bool)]
+        n = valid.shape[0]
+        if n < 2:
+            raise ValueError(f'RepBN: {n} unpadded token(s) in the batch: BatchNorm needs 2')
+        mean = valid.mean(0)
+        var = valid.var(0, unbiased=False)
+        if bn.track_running_stats:
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+                momentum = (1.0 / float(bn.num_batches_tracked) if bn.momentum is None
+                            else bn.momentum)
+                bn.running_mean.lerp_(mean.detach().to(bn.running_mean.dtype), momentum)
+                bn.running_var.lerp_((var.detach() * (n / (n - 1))).to(bn.running_var.dtype),
+                                     momentum)
+        y = (rows - mean) * torch.rsqrt(var + bn.eps)
+        if bn.affine:
+            y = y * bn.weight + bn.bias
+        return y.view_as(x)
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:

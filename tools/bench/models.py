@@ -15,9 +15,13 @@ MODELS: Dict[str, str] = {
     'swin_t': 'Swin-T (mmdet)',
     'swin_prepbn_t': 'Swin-T-PRepBN',
     'swin_prepbn_t_deploy': 'Swin-T-PRepBN deploy',
+    'pvtv2_b0': 'PVTv2-b0 (mmdet)',
+    'pvtv2_b0_prepbn': 'PVTv2-b0 PRepBN (mmdet)',
+    'pvtv2_b0_prepbn_deploy': 'PVTv2-b0 PRepBN deploy (mmdet)',
 }
 # SLAB model -> its stock twin (Swin-T-PRepBN vs Swin-T: the paper's detection pair)
-STOCK = {'slab_pvt_t': 'pvt_t', 'slab_swin_t': 'swin_t', 'swin_prepbn_t': 'swin_t'}
+STOCK = {'slab_pvt_t': 'pvt_t', 'slab_swin_t': 'swin_t', 'swin_prepbn_t': 'swin_t',
+         'pvtv2_b0_prepbn': 'pvtv2_b0'}
 COMPILED = '+compile'  # name suffix of the torch.compile'd twin of a model
 #: PRepBN lam of the SLAB models in training steps (both branches, mid-schedule)
 TRAIN_LAM = 0.5
@@ -66,12 +70,20 @@ def build_backbone(name: str, mini: bool = False,
         model = SwinTransformer(embed_dims=16 if mini else 96, depths=[2, 2, 2, 2] if mini
                                 else [2, 2, 6, 2], num_heads=[1, 2, 4, 8] if mini
                                 else [3, 6, 12, 24], window_size=7)
+    elif base in ('pvtv2_b0', 'pvtv2_b0_prepbn') and not (deploy and base == 'pvtv2_b0'):
+        # mmdet's own PVTv2-b0, its LayerNorms or norm_cfg=dict(type='PRepBN')
+        from mmdet.models.backbones import PyramidVisionTransformerV2
+        norm = 'PRepBN' if base.endswith('prepbn') else 'LN'
+        model = PyramidVisionTransformerV2(
+            embed_dims=16 if mini else 32, num_layers=[1, 1, 1, 1] if mini else [2, 2, 2, 2],
+            norm_cfg=dict(type=norm, eps=1e-6))
     else:
         raise KeyError(f'unknown model {name!r}; choose from {list(MODELS)}')
     model.init_weights()
     model.eval()
-    if deploy:
-        model.switch_to_deploy()  # (on the CPU, in float64, before the move)
+    if deploy:  # (on the CPU, before the move): SLAB backbones fold into their layers,
+        from mmslab.models import reparameterize  # other PRepBNs become affine maps
+        reparameterize(model)
     if device is not None:
         model.to(device)
     return model
