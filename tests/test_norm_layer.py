@@ -82,13 +82,15 @@ def test_builds_inside_stock_modules_and_equals_layernorm_at_lam_1(kind):
     prepbns = {n: m for n, m in model.named_modules() if isinstance(m, PRepBN)}
     assert n_ln > 0 and len(prepbns) == n_ln
     # the key map: the LayerNorm state dict loads strictly; LN weights to the LN branch
-    # (norm1) of the PRepBN of the same name, lam = 1, the RepBN branch as initialised
-    init_bn = {n: m.norm2.bn.weight.clone() for n, m in prepbns.items()}
+    # (norm1) of the PRepBN of the same name, lam = 1, the RepBN branch its BatchNorm twin
+    # (the LN's affine, alpha = 0, running statistics as initialised)
     model.load_state_dict(ln_model.state_dict(), strict=True)
     for name, m in prepbns.items():
-        assert float(m.lam) == 1.0
-        assert torch.equal(m.norm1.weight, ln_model.get_submodule(name).weight)
-        assert torch.equal(m.norm2.bn.weight, init_bn[name])
+        ln = ln_model.get_submodule(name)
+        assert float(m.lam) == 1.0 and torch.equal(m.norm1.weight, ln.weight)
+        assert torch.equal(m.norm2.bn.weight, ln.weight) and torch.equal(m.norm2.bn.bias, ln.bias)
+        assert float(m.norm2.alpha) == 0.0 and torch.equal(m.norm2.bn.running_var,
+                                                           torch.ones_like(ln.weight))
     assert set_prepbn_lam(model, 1.0) == n_ln
     x = tokens_input(kind)
     with torch.no_grad():

@@ -12,7 +12,8 @@ import torch.nn as nn
 from mmengine.logging import print_log
 
 from ..validation import check_float
-from .keymap import layernorm_entry_problems, load_layernorm_entries
+from .keymap import (layernorm_entry_problems, load_layernorm_entries,
+                     repbn_twin_of_layernorm)
 from .norm import PRepBN
 
 
@@ -31,8 +32,9 @@ def convert_layernorm_to_prepbn(module: nn.Module,
                                 momentum: Optional[float] = 0.1) -> Tuple[nn.Module, List[str]]:
     """Replace every ``nn.LayerNorm`` of ``module`` over one (channel) dim by a
     :class:`PRepBN` that is the same LayerNorm at ``lam = 1``: same eps, its weight and bias
-    copied (ones / zeros for a LayerNorm without affine), on the same device and dtype,
-    the same ``requires_grad``, and the module's train / eval mode.
+    copied (ones / zeros for a LayerNorm without affine), the RepBN branch started as its
+    BatchNorm twin (:func:`~mmslab.prepbn.keymap.repbn_twin_of_layernorm`), on the same
+    device and dtype, the same ``requires_grad``, and the module's train / eval mode.
 
     ``include`` / ``exclude``: regular expressions on the module names
     (``re.search``): only names that match ``include`` (default: all) and do not match
@@ -92,15 +94,19 @@ def convert_layernorm_to_prepbn(module: nn.Module,
 def _prepbn_like(ln: nn.LayerNorm, lam: float, bn_eps: float,
                  momentum: Optional[float]) -> PRepBN:
     channels = ln.normalized_shape[0]
-    ref = ln.weight if ln.weight is not None else None
     norm = PRepBN(channels, eps=ln.eps, bn_eps=bn_eps, momentum=momentum)
+    ref = ln.weight
     if ref is not None:
         norm.to(device=ref.device, dtype=ref.dtype)
         norm.norm1.weight.copy_(ln.weight)
         if ln.bias is not None:
             norm.norm1.bias.copy_(ln.bias)
+        twin = repbn_twin_of_layernorm(ln.weight, ln.bias, '')
+        norm.norm2.load_state_dict(dict(norm.norm2.state_dict(), **twin))
         for p in norm.parameters():
             p.requires_grad_(ref.requires_grad)
+    else:  # no affine: the twin of weight 1, bias 0
+        norm.norm2.alpha.data.zero_()
     norm.lam = lam
     norm.train(ln.training)
     return norm
@@ -110,7 +116,7 @@ def layernorm_keys_to_prepbn(state_dict: MutableMapping[str, Any], model: nn.Mod
                              prefix: str = '') -> Dict[str, Any]:
     """A new state dict for ``model`` from a LayerNorm model's ``state_dict`` (which is not
     changed): every PRepBN of ``model`` whose prefix holds a LayerNorm's entries gets them
-    in its LayerNorm branch, ``lam = 1`` and the RepBN branch's current values. ``prefix``
+    in its LayerNorm branch, ``lam = 1`` and the RepBN branch as its twin. ``prefix``
     is what the file's keys carry before ``model``'s names (e.g. ``'backbone.'``).
     Checks every norm first: raises ``ValueError`` listing every entry that is not a
     LayerNorm's (nothing returned). Loading does the same on the fly

@@ -4,8 +4,9 @@ A PRepBN stands where a LayerNorm stood (same attribute name: mmcv's ``build_nor
 names both ``ln<k>``), so a LayerNorm model's ``<prefix>weight`` / ``<prefix>bias`` are
 found at the PRepBN's own prefix. They are its LayerNorm branch's
 (``<prefix>norm1.weight`` / ``<prefix>norm1.bias``); ``lam`` becomes 1, so the loaded
-PRepBN model computes exactly what the LayerNorm model computed; the RepBN branch, which
-the file cannot have, keeps the module's current values (its initialisation), so a strict
+PRepBN model computes exactly what the LayerNorm model computed. The RepBN branch, which
+the file cannot have, starts as the LayerNorm's BatchNorm twin (:func:`repbn_twin_of_layernorm`:
+the LayerNorm's affine, ``alpha = 0``, running statistics as initialised), so a strict
 load succeeds and the schedule (``PRepBNHook``) fades LayerNorm into it from there.
 
 :func:`load_layernorm_entries` does it while a module loads (any loader: ``init_cfg``
@@ -59,8 +60,8 @@ def layernorm_entry_problems(state_dict: MutableMapping[str, Any], prefix: str,
 
 def load_layernorm_entries(norm: nn.Module, state_dict: Dict[str, Any], prefix: str) -> bool:
     """Rename a LayerNorm's entries at ``prefix`` of a loading ``state_dict`` (the loader's
-    own copy) to the PRepBN ``norm``'s LayerNorm branch, set its ``lam`` to 1 and fill the
-    RepBN branch from ``norm``'s current values. Returns whether there were LayerNorm
+    own copy) to the PRepBN ``norm``'s LayerNorm branch, set its ``lam`` to 1 and start the
+    RepBN branch as the LayerNorm's twin (running statistics: ``norm``'s current ones). Returns whether there were LayerNorm
     entries. Raises ``ValueError`` (nothing renamed) for entries a PRepBN cannot load."""
     problems = layernorm_entry_problems(state_dict, prefix, norm.channels)
     if problems:
@@ -75,5 +76,20 @@ def load_layernorm_entries(norm: nn.Module, state_dict: Dict[str, Any], prefix: 
             state_dict[prefix + 'norm1.' + k] = state_dict.pop(prefix + k)
     for k, v in norm.norm2.state_dict(prefix=prefix + 'norm2.').items():
         state_dict[k] = v.clone()
+    weight = state_dict[prefix + 'norm1.weight']
+    bias = state_dict.get(prefix + 'norm1.bias')
+    state_dict.update(repbn_twin_of_layernorm(weight, bias, prefix + 'norm2.'))
     state_dict[prefix + 'lam'] = torch.ones((), dtype=torch.float64)
     return True
+
+
+def repbn_twin_of_layernorm(weight: torch.Tensor, bias, prefix: str) -> Dict[str, Any]:
+    """The RepBN entries that start a PRepBN's BatchNorm branch as the LayerNorm's twin:
+    the LayerNorm's affine as the BatchNorm's, and ``alpha = 0`` (no identity term: an
+    identity would hand the next layer the unnormalised residual stream, which a
+    LayerNorm-trained network never saw). Running statistics stay as initialised."""
+    w = weight.detach().clone()
+    return {prefix + 'bn.weight': w,
+            prefix + 'bn.bias': (torch.zeros_like(w) if bias is None
+                                 else bias.detach().clone()),
+            prefix + 'alpha': torch.zeros(1, dtype=w.dtype)}
