@@ -155,14 +155,26 @@ def run_one(cfg_file: str, work_dir: str) -> Dict[str, float]:
     cfg.work_dir = work_dir
     runner = Runner.from_cfg(cfg)
     runner.train()
-    metrics = {k: float(v) for k, v in runner.test().items()
-               if isinstance(v, (int, float))}
+    metrics = {}
+    for k, v in runner.test().items():  # (mmseg's values are numpy scalars)
+        try:
+            metrics[k] = float(v)
+        except (TypeError, ValueError):
+            pass
     with open(osp.join(work_dir, 'metrics.json'), 'w') as f:
         json.dump(metrics, f)
     return metrics
 
 
 def _subprocess(cfg_file: str, work_dir: str) -> Dict[str, float]:
+    """Run one config in a subprocess; a work dir with its metrics already is kept (a study
+    run again goes on where it stopped)."""
+    done = osp.join(work_dir, 'metrics.json')
+    if osp.isfile(done):
+        with open(done) as f:
+            metrics = json.load(f)
+        if metrics:
+            return metrics
     os.makedirs(work_dir, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
     with open(osp.join(work_dir, 'run.log'), 'w') as log:
@@ -209,8 +221,7 @@ def main(argv=None) -> int:
         cfg = write_run_config(osp.join(work, 'config.py'), model, 'ln', 0,
                                args.pretrain_iters, roots[MODELS[model][4]], args.image_size,
                                args.lr)
-        if not (osp.isfile(ckpt) and osp.isfile(osp.join(work, 'metrics.json'))):
-            _subprocess(cfg, work)  # (a finished pretraining of the same work dir is kept)
+        _subprocess(cfg, work)
         return ckpt
 
     with ThreadPoolExecutor(args.jobs) as pool:
