@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .shapes import is_static
+from .shapes import symbolic_sizes
 
 HW = Tuple[int, int]
 
@@ -26,7 +26,7 @@ RESIZABLE_TABLES = ('positional_encoding', 'pos_embed', 'relative_position_bias_
 def resize_pos_embed(pos: torch.Tensor, src_hw: HW, dst_hw: HW) -> torch.Tensor:
     """Resize a ``(1, H*W, C)`` position table from grid ``src_hw`` to ``dst_hw``
     (bilinear over the 2-D grid, align_corners=False, as mmdet's PVT does)."""
-    if is_static(*dst_hw) and tuple(src_hw) == tuple(dst_hw):
+    if not symbolic_sizes() and tuple(src_hw) == tuple(dst_hw):
         return pos  # (a traced / exported graph keeps the resize: it holds for every size)
     if pos.shape[1] != src_hw[0] * src_hw[1]:
         raise ValueError(f'position table of {pos.shape[1]} entries does not match its '

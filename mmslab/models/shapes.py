@@ -5,8 +5,9 @@ While a module is traced (``torch.jit.trace``: the TorchScript ONNX exporter), c
 exported (``torch.compile``, ``torch.export``: the dynamo ONNX exporter), its sizes may be
 symbolic. A branch taken on the example's sizes (skip a pad of 0, skip a resize to the same
 grid, ...) would then become a guard, a recompile or a graph frozen to the example, so
-the modules take the branch that holds for every size (:func:`symbolic_sizes`), or take a
-shortcut only for sizes known without a guard (:func:`is_static`). Padded
+the modules take the branch that holds for every size (:func:`symbolic_sizes`); eager code
+keeps its shortcuts. (Not ``isinstance(size, torch.SymInt)``: dynamo, which traces
+``torch.compile`` and strict ``torch.export``, answers False for a symbolic size.) Padded
 sizes are written ``ceil_div(n, m) * m`` (not ``n + (m - n % m) % m``): the same value,
 but a symbolic expression that the shape solver simplifies (``ceil_div(n, m) * m // m`` is
 ``ceil_div(n, m)``), so no guard is needed to see that a padded map splits into windows.
@@ -24,10 +25,3 @@ def ceil_div(n, m):
     ``-(-n // m)``: ONNX's integer Div truncates toward zero."""
     return (n + m - 1) // m
 
-
-def is_static(*sizes) -> bool:
-    """Whether every one of ``sizes`` is a plain ``int`` whose value may be branched on:
-    not a symbolic size (``torch.SymInt``) and not being traced (a traced int may be a
-    size that the branch would freeze). A window size, a table's grid, an eager size or a
-    size that ``torch.compile`` specialised are; an exported size is not."""
-    return not torch.jit.is_tracing() and not any(isinstance(v, torch.SymInt) for v in sizes)

@@ -22,13 +22,20 @@ import torch
 from .shapes import ceil_div
 
 
+def _mod(a: torch.Tensor, m) -> torch.Tensor:
+    """``a % m`` of a non-negative index tensor and a (maybe symbolic) size, written
+    ``a - a // m * m``: the ONNX translation of torch.export graphs (onnxscript) takes the
+    divisor of ``tensor % int`` only as a Python number."""
+    return a - a // m * m
+
+
 def _window_coords(nh, nw, ws: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     """Row and column, in the padded ``nh*ws x nw*ws`` map, of every windowed token
     (windows row-major, tokens row-major inside a window): two 1-D tensors of
     ``nh * nw * ws * ws`` entries."""
     r = torch.arange(nh * nw * ws * ws, device=device)
     win, t = r // (ws * ws), r % (ws * ws)
-    return (win // nw) * ws + t // ws, (win % nw) * ws + t % ws
+    return (win // nw) * ws + t // ws, _mod(win, nw) * ws + t % ws
 
 
 def window_index(h, w, ws: int, shift: int,
@@ -43,11 +50,11 @@ def window_index(h, w, ws: int, shift: int,
     nh, nw = ceil_div(h, ws), ceil_div(w, ws)
     hp, wp = nh * ws, nw * ws
     y, x = _window_coords(nh, nw, ws, device)
-    row, col = (y + shift) % hp, (x + shift) % wp       # the rolled map's token (y, x)
+    row, col = _mod(y + shift, hp), _mod(x + shift, wp)  # the rolled map's token (y, x)
     valid = (row < h) & (col < w)
     gather = torch.where(valid, row * w + col, 0)
     t = torch.arange(h * w, device=device)
-    ry, rx = (t // w + (hp - shift)) % hp, (t % w + (wp - shift)) % wp  # (non-negative)
+    ry, rx = _mod(t // w + (hp - shift), hp), _mod(_mod(t, w) + (wp - shift), wp)
     inverse = ((ry // ws) * nw + rx // ws) * (ws * ws) + (ry % ws) * ws + rx % ws
     return gather, valid, inverse
 
@@ -68,8 +75,8 @@ def shift_window_mask(hp, wp, ws: int, shift: int, device: torch.device,
     axis of its own, see the module docstring.)"""
     nh, nw = hp // ws, wp // ws
     r = torch.arange(batch * nh * nw * ws * ws, device=device)
-    win, t = (r // (ws * ws)) % (nh * nw), r % (ws * ws)
-    y, x = (win // nw) * ws + t // ws, (win % nw) * ws + t % ws
+    win, t = _mod(r // (ws * ws), nh * nw), r % (ws * ws)
+    y, x = (win // nw) * ws + t // ws, _mod(win, nw) * ws + t % ws
     label = ((y >= hp - ws).long() + (y >= hp - shift).long()) * 3 \
         + (x >= wp - ws).long() + (x >= wp - shift).long()
     label = label.view(batch * nh * nw, ws * ws)
