@@ -207,17 +207,18 @@ def test_export_refuses_its_inputs_and_writes_nothing_on_failure(tmp_path):
     for out in (ckpt, link):
         with pytest.raises(ValueError, match='refusing to overwrite the input checkpoint'):
             export_backbone(random_model(cls, kw), str(out), EXPORT_SHAPE, CHECK_SHAPES[:1],
-                            inputs={'checkpoint': str(ckpt)})
+                            inputs={'checkpoint': str(ckpt)}, exporter='torchscript')
     assert ckpt.read_bytes() == b'weights'
     # a check that fails (impossible tolerance) raises before anything is written
     out = tmp_path / 'failed.onnx'
     with pytest.raises(RuntimeError, match='does not match PyTorch; not writing'):
         export_backbone(random_model(cls, kw), str(out), EXPORT_SHAPE, CHECK_SHAPES[:1],
-                        rtol=1e-30)
+                        rtol=1e-30, exporter='torchscript')
     assert not out.exists() and not leftovers(tmp_path)
     # an existing file is replaced whole
     out.write_bytes(b'old')
-    export_backbone(random_model(cls, kw), str(out), EXPORT_SHAPE, CHECK_SHAPES[:1])
+    export_backbone(random_model(cls, kw), str(out), EXPORT_SHAPE, CHECK_SHAPES[:1],
+                    exporter='torchscript')
     assert onnx.load(str(out)).graph.node and not leftovers(tmp_path)
 
 
