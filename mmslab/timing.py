@@ -1,7 +1,7 @@
 """Timing of calls: warm-up, CPU wall time or CUDA events, interleaved rounds, spreads.
 
 One module for every latency mmslab reports: the benchmark tool (``tools/benchmark.py``)
-and the ONNX Runtime vs PyTorch comparison (:func:`mmslab.onnx_export.ort_latency_benchmark`).
+and the ONNX Runtime vs PyTorch comparison (:func:`mmslab.onnx_latency.ort_latency_benchmark`).
 
 * :func:`time_calls`: seconds per call of ``n`` back-to-back calls -- CUDA events on a
   CUDA device (after what was queued before has finished), ``time.perf_counter`` wall

@@ -80,8 +80,9 @@ def test_one_interface_for_every_attention(case):
     assert isinstance(attn, TokenMixer)
     batch = 3
     x = torch.randn(batch, hw[0] * hw[1], 16, dtype=torch.float64)
-    if mask == 'mask':  # 3 windows per image, as a stage hands them over
-        mask = torch.where(torch.rand(3, 16, 16) < 0.3, -100.0, 0.0).double()
+    if mask == 'mask':  # 3 windows per image, one mask per window of every image, as a
+        # stage hands them over
+        mask = torch.where(torch.rand(3, 16, 16) < 0.3, -100.0, 0.0).double().repeat(batch, 1, 1)
         x = torch.randn(batch * 3, 16, 16, dtype=torch.float64)
     with torch.no_grad():
         qkv = attn.project(x)

@@ -1,7 +1,8 @@
 """ONNX export of the folded SLAB backbones, checked in ONNX Runtime (CPU) at sizes and
-batches other than the export's; the export tool (released files, protected inputs,
-atomic output); the exporter (TorchScript, stated and chosen explicitly); the ORT latency
-benchmark; mmdeploy's custom-op library in our ORT.
+batches other than the export's, with both exporters (TorchScript; dynamo, where torch
+supports it: the capability rule is asserted either way); the export tool (released files,
+protected inputs, atomic output, --exporter); the ORT latency benchmark; mmdeploy's
+custom-op library in our ORT.
 
 Needs the ``deploy`` extra (``make test`` installs it); skipped without onnxruntime.
 """
@@ -23,6 +24,7 @@ from _tolerance import assert_rel_close, float32_tol  # noqa: E402
 
 from mmslab.models import SLABPVT, SLABSwin  # noqa: E402
 from mmslab.onnx_export import export_backbone  # noqa: E402
+from mmslab.onnx_exporters import default_exporter, dynamo_unsupported_reason  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -63,12 +65,14 @@ def leftovers(folder):
 
 @pytest.mark.parametrize('name', list(MINIS))
 def test_folded_backbone_onnx_matches_torch_at_other_sizes(name, tmp_path):
+    """The TorchScript exporter (dynamic_axes, opset 17)."""
     cls, kw = MINIS[name]
     model = random_model(cls, kw)
     unfolded = random_model(cls, kw)
     out = str(tmp_path / f'{name}.onnx')
-    report = export_backbone(model, out, EXPORT_SHAPE, CHECK_SHAPES, threads=1)
-    assert report.folded_now and model.deploy
+    report = export_backbone(model, out, EXPORT_SHAPE, CHECK_SHAPES, threads=1,
+                             exporter='torchscript')
+    assert report.folded_now and model.deploy and report.exporter == 'torchscript'
     assert report.passed and report.max_rel_error <= 1e-4, report.table()
     assert [c.shape for c in report.checks] == CHECK_SHAPES
     # the file: opset 17, dynamic batch / height / width, one output per stage
@@ -88,6 +92,112 @@ def test_folded_backbone_onnx_matches_torch_at_other_sizes(name, tmp_path):
         assert np.abs(o - r.numpy()).max() / r.abs().max().item() <= 1e-4
 
 
+# The dynamo exporter on the smallest models that still hold every case: SLA and window
+# softmax stages, shifted windows with the shift mask, padding, patch merging, PVT's
+# position-table resize. torch.export traces on a batch-2 example and declares the graph
+# for H, W >= the size whose smallest map is 2x2 (33 for these Swins, 64 for a 4-stage PVT).
+DYNAMO_MINIS = {
+    'pvt_LS': (SLABPVT, dict(embed_dims=[16, 32], num_heads=[1, 2], mlp_ratios=[2, 2],
+                             depths=[1, 1], attn_types='LS', sr_ratios=[1, 2],
+                             out_indices=(0, 1))),
+    'swin_LS_small_windows': (SLABSwin, dict(embed_dims=16, depths=[2, 2], num_heads=[1, 2],
+                                             attn_types='LS', window_sizes=(8, 3),
+                                             mlp_ratio=2.0, out_indices=(0, 1))),
+}
+# none is the export shape (2x3x96x128 after the batch-2 expansion); odd sizes, batch 1, 2
+# and 3; 27x45 has a first map (7x12 tokens) less tall than the 8-token first window
+DYNAMO_CHECK_SHAPES = [(1, 3, 67, 93), (2, 3, 161, 97), (3, 3, 27, 45), (1, 3, 255, 129)]
+
+
+def test_exporter_capability_rule():
+    """The default exporter follows from capabilities: dynamo iff torch.onnx.export has a
+    `dynamo` argument, torch.export.Dim exists, onnxscript imports and the symbolic-size
+    probe exports and converts (torch 2.5.1 has the first three, not the last); asking
+    for dynamo where it cannot run says why and what is accepted."""
+    import inspect
+
+    from mmslab.onnx_exporters import _probe_error, resolve_exporter, resolve_opset
+    has_arg = 'dynamo' in inspect.signature(torch.onnx.export).parameters
+    has_dim = hasattr(torch.export, 'Dim')
+    has_onnxscript = importlib.util.find_spec('onnxscript') is not None
+    basics = has_arg and has_dim and has_onnxscript
+    supported = basics and _probe_error() is None
+    reason = dynamo_unsupported_reason()
+    assert (reason is None) == supported, reason
+    assert default_exporter() == ('dynamo' if supported else 'torchscript')
+    if basics and not supported:
+        assert 'probe fails' in reason and torch.__version__ in reason, reason
+    assert resolve_exporter('torchscript') == 'torchscript'
+    assert resolve_opset('torchscript', None) == 17 and resolve_opset('dynamo', None) == 18
+    with pytest.raises(ValueError, match="exporter must be one of"):
+        resolve_exporter('onnx')
+    with pytest.raises(ValueError, match='needs opset >= 18'):
+        resolve_opset('dynamo', 17)
+    if supported:
+        assert resolve_exporter('dynamo') == 'dynamo'
+    else:
+        with pytest.raises(ValueError, match="not supported here: .*'torchscript'"):
+            resolve_exporter('dynamo')
+
+
+@pytest.mark.skipif(dynamo_unsupported_reason() is not None,
+                    reason=f'dynamo exporter unsupported: {dynamo_unsupported_reason()} '
+                           '(test_exporter_capability_rule asserts the rule)')
+@pytest.mark.parametrize('name', list(DYNAMO_MINIS))
+def test_dynamo_export_matches_torch_at_other_sizes(name, tmp_path):
+    """torch.onnx.export(dynamo=True, dynamic_shapes=...): one graph for other sizes and
+    batches (no size of the example frozen), folded and compared with the unfolded model."""
+    cls, kw = DYNAMO_MINIS[name]
+    model, unfolded = random_model(cls, kw), random_model(cls, kw)
+    out = str(tmp_path / f'{name}.onnx')
+    report = export_backbone(model, out, EXPORT_SHAPE, DYNAMO_CHECK_SHAPES, threads=1,
+                             exporter='dynamo')
+    assert report.exporter == 'dynamo' and report.opset == 18 and report.folded_now
+    assert report.passed and report.max_rel_error <= 1e-4, report.table()
+    assert any('range constraints' in n for n in report.notes), report.notes
+    m = onnx.load(out)
+    assert {o.domain: o.version for o in m.opset_import}[''] == 18
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ['batch', '', 'height', 'width']
+    assert [o.name for o in m.graph.output] == ['out0', 'out1']
+    sess = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
+    x = torch.randn(2, 3, 75, 61)
+    with torch.no_grad():
+        ref = unfolded(x)
+    for r, o in zip(ref, sess.run(None, {'input': x.numpy()})):
+        assert o.shape == tuple(r.shape)
+        assert np.abs(o - r.numpy()).max() / r.abs().max().item() <= 1e-4
+
+
+@pytest.mark.skipif(dynamo_unsupported_reason() is not None,
+                    reason=f'dynamo exporter unsupported: {dynamo_unsupported_reason()}')
+@pytest.mark.parametrize('deploy', [False, True], ids=['trained', 'folded'])
+@pytest.mark.parametrize('name', list(DYNAMO_MINIS))
+def test_torch_export_is_symbolic_in_batch_height_width(name, deploy):
+    """torch.export.export with Dim batch / height / width: no constraint violation (a
+    frozen size would raise), the declared ranges are the whole model's (batch >= 1, sides
+    >= the size whose smallest map is 2x2 -- SLAB-PVT's spatial-reduction map included --
+    and no upper bound), and the exported program equals the module at other sizes, for
+    the trained (eval) and the folded form."""
+    from mmslab.onnx_exporters import exported_program, min_export_size
+    cls, kw = DYNAMO_MINIS[name]
+    model = random_model(cls, kw)
+    if deploy:
+        model.switch_to_deploy()
+    with torch.no_grad():
+        ep, notes = exported_program(model, torch.randn(2, 3, 96, 128))
+    ranges = sorted((int(r.lower), str(r.upper)) for r in ep.range_constraints.values())
+    assert len(ranges) == 3 and ranges[0] == (1, 'int_oo'), ranges
+    assert ranges[1] == ranges[2] and min_export_size(model) <= ranges[1][0] <= 32, ranges
+    assert ranges[1][1] == 'int_oo', ranges
+    mod = ep.module()
+    for shape in DYNAMO_CHECK_SHAPES[:2]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            for a, b in zip(mod(x), model(x)):
+                assert_rel_close(a, b, float32_tol(256, layers=4))
+
+
 def test_export_refuses_its_inputs_and_writes_nothing_on_failure(tmp_path):
     cls, kw = MINIS['pvt_LLLL']
     ckpt = tmp_path / 'backbone.pth'
@@ -97,17 +207,18 @@ def test_export_refuses_its_inputs_and_writes_nothing_on_failure(tmp_path):
     for out in (ckpt, link):
         with pytest.raises(ValueError, match='refusing to overwrite the input checkpoint'):
             export_backbone(random_model(cls, kw), str(out), EXPORT_SHAPE, CHECK_SHAPES[:1],
-                            inputs={'checkpoint': str(ckpt)})
+                            inputs={'checkpoint': str(ckpt)}, exporter='torchscript')
     assert ckpt.read_bytes() == b'weights'
     # a check that fails (impossible tolerance) raises before anything is written
     out = tmp_path / 'failed.onnx'
     with pytest.raises(RuntimeError, match='does not match PyTorch; not writing'):
         export_backbone(random_model(cls, kw), str(out), EXPORT_SHAPE, CHECK_SHAPES[:1],
-                        rtol=1e-30)
+                        rtol=1e-30, exporter='torchscript')
     assert not out.exists() and not leftovers(tmp_path)
     # an existing file is replaced whole
     out.write_bytes(b'old')
-    export_backbone(random_model(cls, kw), str(out), EXPORT_SHAPE, CHECK_SHAPES[:1])
+    export_backbone(random_model(cls, kw), str(out), EXPORT_SHAPE, CHECK_SHAPES[:1],
+                    exporter='torchscript')
     assert onnx.load(str(out)).graph.node and not leftovers(tmp_path)
 
 
@@ -127,7 +238,8 @@ def test_export_tool_released_imagenet_file(family, release, release_checkpoint,
     rc = _tool('export_onnx').main([
         str(out), '--family', family, '--arch', 'tiny', '--checkpoint',
         release_checkpoint(release), '--shape', '1x3x128x160', '--check-shapes',
-        '1x3x97x131', '2x3x160x96', '1x3x67x257', '--threads', '2', '--report', str(report)])
+        '1x3x97x131', '2x3x160x96', '1x3x67x257', '--threads', '2', '--report', str(report),
+        '--exporter', 'torchscript'])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert 'passed' in text and f'wrote {out}' in text
@@ -135,6 +247,19 @@ def test_export_tool_released_imagenet_file(family, release, release_checkpoint,
     rep = json.loads(report.read_text())
     assert rep['passed'] and rep['folded_now'] and rep['max_rel_error'] <= 1e-4
     assert len(rep['checks']) == 3 and osp.getsize(out) > 10 * 2 ** 20  # full-size weights
+
+
+def test_export_tool_refuses_what_its_exporter_cannot_do(tmp_path, capsys):
+    """--exporter dynamo with an opset below 18, or where dynamo cannot run: a usage error
+    that says why and what is accepted (nothing is loaded or written)."""
+    args = [str(tmp_path / 'x.onnx'), '--family', 'pvt', '--checkpoint', 'x.pth',
+            '--exporter', 'dynamo']
+    with pytest.raises(SystemExit):
+        _tool('export_onnx').main(args + ['--opset', '17'])
+    err = capsys.readouterr().err
+    assert ('needs --opset >= 18' in err if dynamo_unsupported_reason() is None
+            else 'accepted: --exporter torchscript' in err), err
+    assert not os.listdir(tmp_path)
 
 
 def test_export_tool_refuses_shapes_equal_to_export(tmp_path):
@@ -145,35 +270,46 @@ def test_export_tool_refuses_shapes_equal_to_export(tmp_path):
 
 
 def test_benchmark_ort_smoke(tmp_path):
-    """`tools/benchmark.py --ort`: ONNX Runtime next to PyTorch, mini widths."""
+    """`tools/benchmark.py --ort`: ONNX Runtime next to PyTorch, mini widths, the
+    TorchScript rows of all four models; then the dynamo rows of folded SLAB-PVT-T (mmdet's
+    backbones and SLAB-Swin-T through the dynamo exporter take a minute or more even at
+    mini widths: left to the full run; the export tests cover the dynamo graphs)."""
     import sys
     sys.path.insert(0, osp.join(ROOT, 'tools'))  # the tool's own modules (bench/)
     from bench.models import MODELS
     models = ['slab_pvt_t_deploy', 'pvt_t', 'slab_swin_t_deploy', 'swin_t']
-    res = _tool('benchmark').main([
-        '--ort', '--mini', '--models', *models, '--sizes', '64x64', '72x56', '--repeat', '1',
-        '--warmup', '0', '--threads', '1', '--out-dir', str(tmp_path)])
-    table = res.table()
-    for name in models:
-        for size in ('64x64', '72x56'):
-            assert f'| {MODELS[name]} | {size} |' in table
-    for t in res.timings:
-        assert len(t.torch_times) == 1 and len(t.ort_times) == 1, t
-        assert t.rel_error <= 1e-4, t
-        if t.model.startswith('slab'):  # one dynamic graph holds for every size
-            assert t.graph == 'dynamic', t
-    assert (tmp_path / 'ort.md').read_text().startswith('ONNX Runtime')
-    assert json.loads((tmp_path / 'ort.json').read_text())['threads'] == 1
+    runs = [(models, ['torchscript'])]
+    if default_exporter() == 'dynamo':
+        runs.append((['slab_pvt_t_deploy'], ['dynamo']))
+    for names, exporters in runs:
+        res = _tool('benchmark').main([
+            '--ort', '--mini', '--models', *names, '--sizes', '64x64', '72x56', '--repeat',
+            '1', '--warmup', '0', '--threads', '1', '--out-dir', str(tmp_path),
+            '--exporters', *exporters])
+        table = res.table()
+        assert res.exporters == exporters
+        for name in names:
+            for exporter in exporters:
+                for size in ('64x64', '72x56'):
+                    assert f'| {MODELS[name]} | {exporter} | {size} |' in table
+        for t in res.timings:
+            assert len(t.torch_times) == 1 and len(t.ort_times) == 1, t
+            assert t.rel_error <= 1e-4, t
+            if t.model.startswith('slab'):  # one dynamic graph holds for every size
+                assert t.graph == 'dynamic', t
+        assert (tmp_path / 'ort.md').read_text().startswith('ONNX Runtime')
+        assert json.loads((tmp_path / 'ort.json').read_text())['threads'] == 1
 
 
 # ============================================================================ the exporter
 def test_export_states_and_uses_the_torchscript_exporter(monkeypatch):
-    """Every export passes dynamo=False where torch.onnx.export has that argument (torch
-    >= 2.9 defaults to the dynamo exporter), and the report says which exporter ran."""
+    """exporter='torchscript' passes dynamo=False where torch.onnx.export has that argument
+    (torch >= 2.9 defaults to the dynamo exporter), and the label says which exporter."""
     import functools
     import inspect
 
-    from mmslab.onnx_export import EXPORTER, export_onnx_bytes, torchscript_export_kwargs
+    from mmslab.onnx_export import export_onnx_bytes, torchscript_export_kwargs
+    from mmslab.onnx_exporters import EXPORTER_LABELS
     has_dynamo = 'dynamo' in inspect.signature(torch.onnx.export).parameters
     assert torchscript_export_kwargs() == ({'dynamo': False} if has_dynamo else {})
     seen = []
@@ -186,9 +322,9 @@ def test_export_states_and_uses_the_torchscript_exporter(monkeypatch):
 
     monkeypatch.setattr(torch.onnx, 'export', spy)
     cls, kw = MINIS['pvt_LLLL']
-    export_onnx_bytes(random_model(cls, kw), EXPORT_SHAPE)
+    export_onnx_bytes(random_model(cls, kw), EXPORT_SHAPE, exporter='torchscript')
     assert seen == [False if has_dynamo else 'absent']
-    assert 'TorchScript' in EXPORTER
+    assert 'TorchScript' in EXPORTER_LABELS['torchscript']
 
 
 def test_mmdeploy_conversion_defaults_to_the_torchscript_exporter(monkeypatch):

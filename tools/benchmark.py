@@ -13,7 +13,8 @@ step; batch 1 and 2 at 800x1344, batch 16 at 512x512, batch 1 at 1600x2688):
 Other modes: --device cuda|cpu, --amp fp32 fp16 bf16 (autocast dtypes, several allowed),
 --train (training step: forward + backward), --batch N [N ...], --compile (also time a
 torch.compile'd twin of every model; compile time reported separately), --tf32 on|off,
---models ..., --mini (smoke test), --ort (ONNX Runtime vs PyTorch instead).
+--models ..., --mini (smoke test), --ort (ONNX Runtime vs PyTorch instead; --exporters
+dynamo torchscript: one row per exporter).
 
 Prints a markdown table and the targets of the device that ran (--targets, default
 tools/benchmark_targets.csv), writes benchmark.md / .json (also after every case, so a run
@@ -89,6 +90,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--ort', action='store_true',
                         help='instead: ONNX Runtime (CPU) vs PyTorch latency of the models '
                              'exported to ONNX (needs the deploy extra); writes ort.md / .json')
+    parser.add_argument('--exporters', nargs='+', choices=['dynamo', 'torchscript'],
+                        default=None,
+                        help='with --ort: the ONNX exporters, one row each (default: dynamo '
+                             'and torchscript where torch supports the dynamo exporter, else '
+                             'torchscript)')
     return parser.parse_args(argv)
 
 
@@ -102,7 +108,8 @@ def main(argv: Optional[Sequence[str]] = None):
     import mmslab  # noqa: F401  (registers the SLAB modules)
     if args.ort:
         from bench.ort import run_ort_benchmark
-        ort = run_ort_benchmark(args.models, sizes, repeat, warmup, args.threads, args.mini)
+        ort = run_ort_benchmark(args.models, sizes, repeat, warmup, args.threads, args.mini,
+                                exporters=args.exporters)
         print('\n' + ort.table())
         atomic_write_text(ort.table() + '\n', osp.join(args.out_dir, 'ort.md'))
         atomic_write_text(json.dumps(asdict(ort), indent=1),

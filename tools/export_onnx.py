@@ -10,14 +10,14 @@ From a released ImageNet file (loaded through init_cfg=dict(type='Pretrained', .
     python tools/export_onnx.py slab_pvt_t.onnx --family pvt --arch tiny \\
         --checkpoint slab_pvt_tiny.pth
 
-The backbone is folded (switch_to_deploy) unless it is already, exported with torch.onnx's
-TorchScript exporter (torch.onnx.export(..., dynamo=False) where torch has that argument:
-from torch 2.9 its default is the dynamo exporter) with opset 17 and a dynamic batch /
-height / width, then run in ONNX Runtime (CPU) at the --check-shapes
-(default: 1x3x193x257, 2x3x255x161, 1x3x321x479, none equal to the export --shape) next
-to PyTorch. OUT is written (atomically, never onto an input) only if the largest relative
-error max|ort - torch| / max|torch| is <= --rtol (1e-4). Needs the deploy extra
-(`pip install -e .[deploy]`).
+The backbone is folded (switch_to_deploy) unless it is already and exported with a dynamic
+batch / height / width by --exporter: `dynamo` (torch.onnx.export(..., dynamo=True):
+torch.export with dynamic_shapes, opset 18; the default where torch supports it) or
+`torchscript` (dynamo=False, dynamic_axes, opset 17; what mmdeploy uses). It is then run in
+ONNX Runtime (CPU) at the --check-shapes (default: 1x3x193x257, 2x3x255x161, 1x3x321x479,
+2x3x97x141, none equal to the export --shape) next to PyTorch. OUT is written (atomically,
+never onto an input) only if the largest relative error max|ort - torch| / max|torch| is
+<= --rtol (1e-4). Needs the deploy extra (`pip install -e .[deploy]`).
 """
 import argparse
 import json
@@ -27,8 +27,10 @@ import warnings
 from mmengine.config import DictAction
 
 from mmslab.fileio import atomic_write_text, check_outputs
-from mmslab.onnx_export import (CHECK_SHAPES, EXPORT_SHAPE, EXPORTER, FAMILIES, OPSET, RTOL,
-                                export_backbone, load_backbone)
+from mmslab.onnx_export import (CHECK_SHAPES, EXPORT_SHAPE, FAMILIES, RTOL, export_backbone,
+                                load_backbone)
+from mmslab.onnx_exporters import (EXPORTER_LABELS, EXPORTERS, MIN_OPSETS, OPSETS,
+                                   default_exporter, dynamo_unsupported_reason)
 from mmslab.validation import argparse_float, argparse_int, argparse_path
 
 
@@ -42,8 +44,11 @@ def parse_shape(text: str):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, epilog=f'exporter: {EXPORTER}',
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    reason = dynamo_unsupported_reason()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f'default exporter here: {EXPORTER_LABELS[default_exporter()]}'
+        + (f' (dynamo: {reason})' if reason else ''))
     parser.add_argument('out', type=argparse_path, help='the ONNX file to write')
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument('--config', help='mmdet / mmseg config whose model.backbone is exported')
@@ -57,9 +62,13 @@ def main(argv=None) -> int:
     parser.add_argument('--check-shapes', type=parse_shape, nargs='+', default=CHECK_SHAPES,
                         help='ONNX Runtime vs PyTorch at these inputs BxCxHxW')
     parser.add_argument('--rtol', type=argparse_float(min=0, min_open=True), default=RTOL)
-    parser.add_argument('--opset', type=argparse_int(min=14), default=OPSET,
-                        help='ONNX opset (>= 14: scaled_dot_product_attention; default '
-                             '%(default)s)')
+    parser.add_argument('--exporter', choices=EXPORTERS, default=None,
+                        help=f'dynamo (dynamic_shapes, opset >= {MIN_OPSETS["dynamo"]}) or '
+                             f'torchscript (dynamic_axes); default {default_exporter()} here')
+    parser.add_argument('--opset', type=argparse_int(min=14), default=None,
+                        help=f'ONNX opset (default {OPSETS["dynamo"]} dynamo, '
+                             f'{OPSETS["torchscript"]} torchscript; >= 14: '
+                             'scaled_dot_product_attention)')
     parser.add_argument('--threads', type=argparse_int(min=1), default=None,
                         help='ONNX Runtime intra-op threads for the check')
     parser.add_argument('--report', type=argparse_path,
@@ -68,6 +77,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.family and not args.checkpoint:
         parser.error('--family needs --checkpoint (the released file)')
+    if args.exporter == 'dynamo' and reason:
+        parser.error(f"--exporter dynamo is not supported here: {reason}; accepted: "
+                     "--exporter torchscript")
+    exporter = args.exporter or default_exporter()
+    if args.opset is not None and args.opset < MIN_OPSETS[exporter]:
+        parser.error(f'--exporter {exporter} needs --opset >= {MIN_OPSETS[exporter]}, got '
+                     f'{args.opset}')
     if args.shape in args.check_shapes:
         parser.error(f'--check-shapes must differ from the export --shape {args.shape}: the '
                      'check is that the graph holds for other sizes')
@@ -79,7 +95,7 @@ def main(argv=None) -> int:
                           args.cfg_options)
     report = export_backbone(model, args.out, args.shape, args.check_shapes, args.rtol,
                              args.opset, args.threads, inputs=inputs,
-                             raise_on_failure=False)
+                             raise_on_failure=False, exporter=exporter)
     print(report.table())
     if args.report:
         atomic_write_text(json.dumps(report.to_dict(), indent=1) + '\n', args.report)

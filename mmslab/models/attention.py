@@ -35,6 +35,7 @@ from ..validation import check_bool, check_choice, check_float, check_int, check
 from . import cpu_inference
 from ..prepbn import PRepBN, fold_affine_into_conv_input, fold_affine_into_linear
 from .pos_embed import resize_pos_embed
+from .shapes import symbolic_sizes
 
 HW = Tuple[int, int]
 
@@ -72,7 +73,7 @@ class TokenMixer(nn.Module):
     def mix(self, qkv: torch.Tensor, hw: HW, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Projected tokens of a ``hw`` grid (or of windows of that size) -> ``(B, N, C)``
         attention output before ``proj``; ``mask``: Swin's additive shift mask
-        ``(nW, N, N)`` or None."""
+        ``(B*nW, N, N)`` (one per window of every image) or None."""
         raise NotImplementedError
 
     def mix_inference(self, qkv: torch.Tensor, hw: HW,
@@ -166,7 +167,7 @@ class SimplifiedLinearAttention(TokenMixer):
         ``mask`` is ignored.
         """
         b, n, _ = qkv.shape
-        if not torch.jit.is_tracing() and n != hw[0] * hw[1]:
+        if not symbolic_sizes() and n != hw[0] * hw[1]:
             raise ValueError(f'{n} tokens do not form a {hw[0]}x{hw[1]} grid')
         heads, d = self.num_heads, self.head_dims
         pos = resize_pos_embed(self.positional_encoding, self.pos_grid, hw)
@@ -214,7 +215,7 @@ class WindowAttention(TokenMixer):
     """Swin window softmax attention with relative position bias.
 
     ``mix`` takes projected windows ``(B*nW, ws*ws, 3C)``, their grid ``hw = (ws, ws)``
-    (checked only) and an optional additive shift mask ``(nW, ws*ws, ws*ws)`` (0 / -100
+    (checked only) and an optional additive shift mask ``(B*nW, ws*ws, ws*ws)`` (0 / -100
     as in Swin).
     """
 
@@ -265,7 +266,7 @@ class WindowAttention(TokenMixer):
 
     def _check_windows(self, n: int, hw: HW) -> None:
         ws = self.window_size
-        if not torch.jit.is_tracing() and (tuple(hw) != (ws, ws) or n != ws * ws):
+        if not symbolic_sizes() and (tuple(hw) != (ws, ws) or n != ws * ws):
             raise ValueError(f'WindowAttention(window_size={ws}) got {n} tokens of a '
                              f'{hw[0]}x{hw[1]} grid: expected windows of {ws}x{ws} tokens')
 
@@ -275,16 +276,12 @@ class WindowAttention(TokenMixer):
         self._check_windows(n, hw)
         heads, d = self.num_heads, self.embed_dims // self.num_heads
         q, k, v = qkv.reshape(bw, n, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW,h,N,d)
-        bias = self.relative_position_bias().to(qkv.dtype)                    # (h, N, N)
+        attn_mask = self.relative_position_bias().to(qkv.dtype)               # (h, N, N)
         if mask is not None:
-            nw = mask.shape[0]
-            attn_mask = bias.unsqueeze(0) + mask.unsqueeze(1).to(qkv.dtype)   # (nW, h, N, N)
-            q, k, v = (t.view(bw // nw, nw, heads, n, d) for t in (q, k, v))
-        else:
-            attn_mask = bias
+            attn_mask = attn_mask.unsqueeze(0) + mask.unsqueeze(1).to(qkv.dtype)  # (B*nW,h,N,N)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.)
-        return out.reshape(bw, heads, n, d).transpose(1, 2).reshape(bw, n, self.embed_dims)
+        return out.transpose(1, 2).reshape(bw, n, self.embed_dims)
 
     def mix_inference(self, qkv: torch.Tensor, hw: HW,
                       mask: Optional[torch.Tensor] = None) -> torch.Tensor:

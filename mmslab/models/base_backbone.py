@@ -83,7 +83,7 @@ class SLABBackbone(BaseModule):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'{name} expects images (B, {self.in_channels}, H, W), got a '
                              f'tensor of shape {tuple(x.shape)}')
-        if min(x.shape[2:]) < min_size:
+        if x.shape[2] < min_size or x.shape[3] < min_size:  # (not min(): no H-vs-W guard)
             raise ValueError(f'{name} needs images of at least {min_size}x{min_size} pixels, '
                              f'got {tuple(x.shape[2:])}')
         if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):

@@ -154,10 +154,8 @@ def window_softmax_mix(attn: nn.Module, qkv: torch.Tensor,
     heads, d = attn.num_heads, attn.embed_dims // attn.num_heads
     q, k, v = qkv.view(bw, n, 3, heads, d).permute(2, 0, 3, 1, 4)
     bias = attn.relative_position_bias().to(qkv.dtype)
-    if mask is not None:
-        nw = mask.shape[0]
+    if mask is not None:  # (one mask per window of every image)
         bias = bias.unsqueeze(0) + mask.unsqueeze(1).to(qkv.dtype)
-        q, k, v = (t.view(bw // nw, nw, heads, n, d) for t in (q, k, v))
     scores = (q * d ** -0.5) @ k.transpose(-2, -1)
     out = scores.add_(bias).softmax(dim=-1) @ v
     return out.reshape(bw, heads, n, d).transpose(1, 2).reshape(bw, n, attn.embed_dims)

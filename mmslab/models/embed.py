@@ -6,15 +6,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..prepbn import PRepBN, fold_affine_into_conv
+from .shapes import ceil_div, symbolic_sizes
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, dims: Tuple[int, int]) -> torch.Tensor:
     """Zero-pad the two dims ``dims`` (height, width) of ``x`` at their end to a multiple of
-    ``multiple``. While tracing it always emits the pad (of 0 where the size already fits),
-    so the traced graph holds for every size."""
+    ``multiple``. With symbolic sizes (:func:`~.shapes.symbolic_sizes`) it always emits the
+    pad (of 0 where the size already fits), so a traced / exported graph holds for every
+    size; the padded size is ``ceil_div(n, multiple) * multiple``."""
     h, w = x.shape[dims[0]], x.shape[dims[1]]
-    pad_h, pad_w = (multiple - h % multiple) % multiple, (multiple - w % multiple) % multiple
-    if not torch.jit.is_tracing() and not (pad_h or pad_w):
+    pad_h = ceil_div(h, multiple) * multiple - h
+    pad_w = ceil_div(w, multiple) * multiple - w
+    if not symbolic_sizes() and not (pad_h or pad_w):
         return x
     pad = [0, 0] * (x.dim() - 1 - dims[1]) + [0, pad_w] + [0, 0] * (dims[1] - dims[0] - 1) \
         + [0, pad_h]

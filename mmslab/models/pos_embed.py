@@ -15,6 +15,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .shapes import symbolic_sizes
+
 HW = Tuple[int, int]
 
 #: the names (key endings) of the tables :func:`resize_checkpoint_table` resizes
@@ -24,8 +26,8 @@ RESIZABLE_TABLES = ('positional_encoding', 'pos_embed', 'relative_position_bias_
 def resize_pos_embed(pos: torch.Tensor, src_hw: HW, dst_hw: HW) -> torch.Tensor:
     """Resize a ``(1, H*W, C)`` position table from grid ``src_hw`` to ``dst_hw``
     (bilinear over the 2-D grid, align_corners=False, as mmdet's PVT does)."""
-    if not torch.jit.is_tracing() and tuple(src_hw) == tuple(dst_hw):
-        return pos  # (a traced graph keeps the resize: it must hold for every input size)
+    if not symbolic_sizes() and tuple(src_hw) == tuple(dst_hw):
+        return pos  # (a traced / exported graph keeps the resize: it holds for every size)
     if pos.shape[1] != src_hw[0] * src_hw[1]:
         raise ValueError(f'position table of {pos.shape[1]} entries does not match its '
                          f'grid {src_hw[0]}x{src_hw[1]}')

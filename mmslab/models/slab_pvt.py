@@ -24,6 +24,7 @@ from .key_conversion import convert_slab_pvt
 from .mlp import Mlp
 from ..prepbn import PRepBN, fold_affine_into_linear
 from .pos_embed import resize_pos_embed
+from .shapes import symbolic_sizes
 
 HW = Tuple[int, int]
 LN_EPS = 1e-6  # SLAB-PVT's LayerNorm eps
@@ -200,7 +201,7 @@ class SLABPVT(SLABBackbone):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self.check_input(x, self.stages[0].patch_embed.proj.weight.dtype, self.min_input_size)
-        if not torch.jit.is_tracing() and x.shape[0] == 0:
+        if not symbolic_sizes() and x.shape[0] == 0:
             return self.empty_outputs(x)
         outs: List[torch.Tensor] = []
         for i, stage in enumerate(self.stages):

@@ -22,7 +22,8 @@ from .embed import PatchEmbed, pad_to_multiple
 from .key_conversion import convert_slab_swin
 from .mlp import Mlp
 from ..prepbn import PRepBN, fold_affine_into_linear
-from .windows import shift_window_mask, window_partition, window_reverse
+from .shapes import ceil_div, symbolic_sizes
+from .windows import batched_index, shift_window_mask, window_index
 
 HW = Tuple[int, int]
 LN_EPS = 1e-5  # SLAB-Swin's LayerNorm eps
@@ -30,7 +31,8 @@ LN_EPS = 1e-5  # SLAB-Swin's LayerNorm eps
 
 class SLABSwinBlock(nn.Module):
     """norm1 -> qkv -> pad to whole windows -> shift -> window attention -> un-shift ->
-    crop -> proj -> residual; norm2 -> MLP -> residual.
+    crop -> proj -> residual; norm2 -> MLP -> residual (pad + shift + partition and the
+    way back are one row gather each, :func:`~.windows.window_index`).
 
     The qkv projection runs before padding; padded tokens take ``attn.pad_qkv()`` (what a
     zero normalised token projects to), which the deploy fold preserves as ``qkv_pad``.
@@ -76,24 +78,20 @@ class SLABSwinBlock(nn.Module):
         if cpu_inference.applies(x, self):
             return cpu_inference.swin_block(self, x, hw, mask)
         b, n, c = x.shape
-        (h, w), ws, s = hw, self.window_size, self.shift_size
-        qkv = self.attn.project(self.norm1(x)).reshape(b, h, w, 3 * c)
-        qkv = pad_to_multiple(qkv, ws, (1, 2))
-        hp, wp = qkv.shape[1], qkv.shape[2]
+        ws, s = self.window_size, self.shift_size
+        # pad + roll + partition as one row gather, and back (see .windows: no reshape of
+        # the map into windows, so no size is frozen when traced, compiled or exported)
+        gather, valid, inverse = window_index(hw[0], hw[1], ws, s, x.device)
+        tokens = gather.shape[0]                                              # nW * ws*ws
+        qkv = self.attn.project(self.norm1(x)).reshape(b * n, 3 * c)
+        windows = qkv.index_select(0, batched_index(gather, b, n))
         pad = self.pad_value()
-        if pad is not None and (torch.jit.is_tracing() or hp != h or wp != w):
-            valid = (torch.arange(hp, device=x.device) < h).unsqueeze(1) \
-                & (torch.arange(wp, device=x.device) < w).unsqueeze(0)
-            qkv = torch.where(valid.unsqueeze(-1), qkv, pad.to(qkv.dtype))
-        if s:
-            qkv = torch.roll(qkv, (-s, -s), dims=(1, 2))
-        windows = window_partition(qkv, ws)                                  # (B*nW, ws*ws, 3C)
+        windows = torch.where(valid.repeat(b).unsqueeze(-1), windows,
+                              qkv.new_zeros(()) if pad is None else pad.to(qkv.dtype))
+        windows = windows.view(b * (tokens // (ws * ws)), ws * ws, 3 * c)    # (B*nW, ws*ws, 3C)
         out = self.attn.mix(windows, (ws, ws), mask if s else None)
-        out = window_reverse(out, ws, hp, wp)                                # (B, hp, wp, C)
-        if s:
-            out = torch.roll(out, (s, s), dims=(1, 2))
-        out = out[:, :h, :w].reshape(b, n, c)
-        x = x + self.drop_path(self.attn.proj_drop(self.attn.proj(out)))
+        out = out.reshape(b * tokens, c).index_select(0, batched_index(inverse, b, tokens))
+        x = x + self.drop_path(self.attn.proj_drop(self.attn.proj(out.view(b, n, c))))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def switch_to_deploy(self) -> None:
@@ -121,9 +119,10 @@ class PatchMerging(nn.Module):
         b, _, c = x.shape
         h, w = hw
         x = pad_to_multiple(x.reshape(b, h, w, c), 2, (1, 2))
+        h2, w2 = ceil_div(h, 2), ceil_div(w, 2)
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
-                      dim=-1).view(b, -1, 4 * c)
-        return self.reduction(self.norm(x)), ((h + 1) // 2, (w + 1) // 2)
+                      dim=-1).reshape(b, h2 * w2, 4 * c)
+        return self.reduction(self.norm(x)), (h2, w2)
 
     def switch_to_deploy(self) -> None:
         if isinstance(self.norm, PRepBN):
@@ -163,9 +162,8 @@ class SLABSwinStage(nn.Module):
         ws = self.window_size
         mask = None
         if len(self.blocks) > 1 and self.blocks[1].attn.uses_shift_mask:
-            # (n + ws - 1) // ws, not -(-n // ws): ONNX's integer Div truncates toward zero
-            mask = shift_window_mask((hw[0] + ws - 1) // ws * ws, (hw[1] + ws - 1) // ws * ws,
-                                     ws, ws // 2, x.device)
+            mask = shift_window_mask(ceil_div(hw[0], ws) * ws, ceil_div(hw[1], ws) * ws, ws,
+                                     ws // 2, x.device, x.shape[0])
         for blk in self.blocks:
             if self.with_cp and x.requires_grad:
                 x = cp.checkpoint(blk, x, hw, mask, use_reentrant=False)
@@ -278,7 +276,7 @@ class SLABSwin(SLABBackbone):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self.check_input(x, self.patch_embed.proj.weight.dtype)
-        if not torch.jit.is_tracing() and x.shape[0] == 0:
+        if not symbolic_sizes() and x.shape[0] == 0:
             return self.empty_outputs(x)
         x, hw = self.patch_embed(x)
         x = self.drop_after_pos(x)
@@ -287,7 +285,7 @@ class SLABSwin(SLABBackbone):
             out, out_hw, x, hw = stage(x, hw)
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(out)
-                outs.append(out.transpose(1, 2).reshape(out.shape[0], -1, *out_hw))
+                outs.append(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], *out_hw))
             if i >= max(self.out_indices):
                 break
         return tuple(outs)
