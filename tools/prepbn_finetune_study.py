@@ -254,8 +254,8 @@ def main(argv=None) -> int:
     note = (f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}); pretrain "
             f'{args.pretrain_iters} iterations with LayerNorm, then {args.iters} from it; '
             f'AdamW lr {args.lr:g}, cosine; {args.image_size} px synthetic sets (200 train / '
-            f'50 val); {time.time() - t0:.0f} s with {args.jobs} runs at a time, 1 thread '
-            'each. Mean ± sample std over the seeds.')
+            f'50 val); {args.jobs} runs at a time, 1 thread each ({time.time() - t0:.0f} s in '
+            'this call; runs finished earlier are kept). Mean ± sample std over the seeds.')
     text = '\n'.join(lines) + '\n\n' + note + '\n'
     print(text)
     with open(osp.join(args.work_dir, 'finetune_study.md'), 'w') as f:
