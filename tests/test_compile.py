@@ -88,10 +88,9 @@ def test_compile_fullgraph_train(name):
 def test_compile_dynamic_no_recompiles_after_two_sizes(name):
     """torch.compile(dynamic=True) of the folded backbone at changing sizes and batches
     (odd sizes, Swin maps of one window and of several): one compile for all batches >= 2
-    and no recompile after the first two sizes (dynamo's frame counter, CompileCounter);
-    a batch of 1 is specialised by torch's 0/1 rule, and in a batch-1 graph Swin's
-    windows-times-batch count may be 1 too (one more compile per case). The
-    compiled model equals the eager one at every size."""
+    and no recompile after the first two sizes (dynamo's frame counter, CompileCounter).
+    (A batch of 1 is specialised by torch's 0/1 rule: one more compile, not run here.)
+    The compiled model equals the eager one at every size."""
     from torch._dynamo.testing import CompileCounter
     model = _build(name, deploy=True)
     torch._dynamo.reset()
@@ -100,8 +99,7 @@ def test_compile_dynamic_no_recompiles_after_two_sizes(name):
     # odd sizes whose smallest map is >= 2x2 (a 1-token map is specialised, as torch.export
     # declares: mmslab.onnx_exporters); Swin's first map is one window tall at 75 and 67 px,
     # several at 161 and 255
-    sizes = [(2, 3, 96, 128), (2, 3, 75, 97), (3, 3, 255, 129), (2, 3, 67, 233),
-             (1, 3, 161, 97)]
+    sizes = [(2, 3, 96, 128), (2, 3, 75, 97), (3, 3, 255, 129), (2, 3, 67, 233)]
     counts = []
     with torch.no_grad():
         for shape in sizes:
@@ -109,5 +107,4 @@ def test_compile_dynamic_no_recompiles_after_two_sizes(name):
             for a, b in zip(compiled(x), model(x)):
                 assert_rel_close(a, b, OUT_TOL)
             counts.append(counter.frame_count)
-    assert counts[:4] == [1] * 4, counts
-    assert counts[-1] <= 2, counts
+    assert counts == [1] * 4, counts

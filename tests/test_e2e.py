@@ -215,7 +215,8 @@ def test_mmdeploy_ort_slab_pvt_mask_rcnn(e2e_dir, det_pvt_run):
     # the folded detector's backbone alone, through tools/export_onnx.py --config
     out = osp.join(work, 'pvt_backbone.onnx')
     text, _ = run([sys.executable, EXPORT, out, '--config', report['folded_config'],
-                   '--checkpoint', report['folded_checkpoint'], '--shape', '1x3x128x128'],
+                   '--checkpoint', report['folded_checkpoint'], '--shape', '1x3x128x128',
+                   '--exporter', 'torchscript'],  # (the dynamo exporter: tests/test_onnx.py)
                   osp.join(work, 'export_pvt_backbone.log'), env=helper_env())
     assert 'passed' in text and 'TorchScript exporter' in text and osp.isfile(out)
 
