@@ -221,7 +221,9 @@ def test_prepbn_config_loads_layernorm_weights_trains_tests_folds_exports(
     torch.manual_seed(0)
     ln_cfg = _layernorm_cfg(cfg, part)
     ln_cfg.model.backbone.init_cfg = None
-    ln_model = _build(ln_cfg, scope).double()
+    ln_model = _build(ln_cfg, scope)
+    ln_model.init_weights()  # (Deformable DETR's level_embed is allocated uninitialised)
+    ln_model.double()
     with torch.no_grad():
         for m in ln_model.modules():
             if isinstance(m, torch.nn.LayerNorm):
