@@ -59,10 +59,11 @@ def test_compile_fullgraph_eval(name, deploy):
         assert_rel_close(a, b, OUT_TOL)
 
 
-@pytest.mark.parametrize('name', _mini.MODELS)
+@pytest.mark.parametrize('name', ['slab_pvt', 'pvt_prepbn', 'slab_swin'])
 def test_compile_fullgraph_train(name):
     """Train mode mid-schedule (lam = 0.5: LayerNorm and RepBN both run, batch statistics):
-    compiled forward and backward equal eager."""
+    compiled forward and backward equal eager. (SLAB-Swin's stages 3-4 are Swin-PRepBN's
+    softmax window attention: Swin-PRepBN is compiled in eval only.)"""
     model = _build(name, deploy=False)
     model.train()
     assert set_prepbn_lam(model, 0.5) > 0
