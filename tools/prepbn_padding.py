@@ -47,7 +47,9 @@ def build_model(seed: int):
     cfg.merge_from_dict(dict(model=NARROW))
     init_default_scope('mmdet')
     torch.manual_seed(seed)
-    return MODELS.build(cfg.model)
+    model = MODELS.build(cfg.model)
+    model.init_weights()  # (Deformable DETR's level_embed is allocated uninitialised)
+    return model
 
 
 def measure(model, sizes, seed: int) -> Dict[str, float]:
