@@ -9,6 +9,7 @@ them by plain ``type=`` after
 """
 __version__ = '0.1.0'
 
-from . import hooks, models, prepbn, serialization  # noqa: E402,F401  (registers SLABPVT, SLABSwin, PRepBN, PRepBNHook)
+from . import hooks, mmpretrain_compat, models, prepbn, serialization  # noqa: E402,F401  (registers SLABPVT, SLABSwin, PRepBN, PRepBNHook)
 
 serialization.register()
+mmpretrain_compat.install()

@@ -28,7 +28,7 @@ for stack in "$@"; do
   esac
   echo "== set-up of the $stack stack ($venv)"
   start=$(date +%s)
-  if ! MMSLAB_STACK="$stack" MMSLAB_EXTRAS=deploy bash tools/setup_env.sh; then
+  if ! MMSLAB_STACK="$stack" MMSLAB_EXTRAS=deploy,cls bash tools/setup_env.sh; then
     summary+=("$stack: set-up FAILED after $(( $(date +%s) - start )) s; no tests ran")
     rc=1
     continue
