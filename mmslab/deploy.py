@@ -22,12 +22,17 @@ from .validation import check_float, check_size_2d
 
 def build_model_from_config(config: Union[str, Config],
                             cfg_options: Optional[dict] = None) -> nn.Module:
-    """Build the model of an mmdet / mmseg config (its custom_imports and default_scope)."""
+    """Build the model of an mmdet / mmseg / mmpretrain config (its custom_imports and
+    default_scope) as mmengine's Runner does: a top-level ``data_preprocessor`` (mmpretrain's
+    ImageNet bases) is the model's unless the model names its own."""
     cfg = load_config(config, cfg_options)
     if cfg.get('custom_imports'):
         import_modules_from_strings(**cfg.custom_imports)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    return MODELS.build(cfg.model)
+    model = copy.deepcopy(cfg.model)
+    if cfg.get('data_preprocessor') is not None:
+        model.setdefault('data_preprocessor', copy.deepcopy(cfg.data_preprocessor))
+    return MODELS.build(model)
 
 
 NORM_TYPES = ('PRepBN', 'RepBN')

@@ -10,6 +10,9 @@ import json
 import math
 import os
 import os.path as osp
+import random
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -81,6 +84,63 @@ def mim(*args, log_file, **kwargs):
     return run([sys.executable, '-m', 'mim', *args], log_file, **kwargs)
 
 
+class Background:
+    """A command started from the repository root without waiting for it, in a process
+    group of its own (a SIGKILL then reaches ``mim`` and the training process it starts),
+    its output (unbuffered) to ``log_file``. Independent runs overlap this way."""
+
+    def __init__(self, args, log_file, env=None):
+        full_env = dict(os.environ, PYTHONUNBUFFERED='1')
+        full_env.update(env or {})
+        self.args, self.log_file = [str(a) for a in args], str(log_file)
+        self.start = time.time()
+        with open(self.log_file, 'w') as f:
+            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=f,
+                                         stderr=subprocess.STDOUT, env=full_env,
+                                         start_new_session=True)
+
+    def output(self) -> str:
+        with open(self.log_file) as f:
+            return f.read()
+
+    def stop(self):
+        """SIGKILL the process group if it still runs; wait for it."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+    def wait(self, timeout=SUBPROCESS_TIMEOUT):
+        """Wait for the command; its output and wall time. Fails with the end of the
+        output if it fails (or is killed at ``timeout`` seconds from its start)."""
+        try:
+            self.proc.wait(timeout=max(1.0, self.start + timeout - time.time()))
+        except subprocess.TimeoutExpired:
+            self.stop()
+        elapsed = time.time() - self.start
+        out = self.output()
+        assert self.proc.returncode == 0, (
+            f'`{" ".join(self.args)}` exited with {self.proc.returncode} after '
+            f'{elapsed:.0f} s; end of {self.log_file}:\n{_tail(out)}')
+        return out, elapsed
+
+    def kill_when(self, pattern, timeout=SUBPROCESS_TIMEOUT):
+        """SIGKILL the process group at a random moment (within 20 ms) after a line of
+        its output matches the regex ``pattern``; return the output up to the kill. Fails
+        if the command ends by itself or nothing matches within ``timeout`` seconds."""
+        regex = re.compile(pattern, re.M)
+        deadline = self.start + timeout
+        while not regex.search(self.output()):
+            assert self.proc.poll() is None, (
+                f'`{" ".join(self.args)}` ended ({self.proc.returncode}) before its output '
+                f'matched {pattern!r}:\n{_tail(self.output())}')
+            assert time.time() < deadline, f'no {pattern!r} in {timeout} s: {self.log_file}'
+            time.sleep(0.02)
+        time.sleep(random.uniform(0, 0.02))  # anywhere in an iteration
+        self.stop()
+        assert self.proc.returncode == -signal.SIGKILL, self.proc.returncode
+        return self.output()
+
+
 def _json_path(run: str) -> str:
     """mmengine writes a training run's json log to ``<ts>/vis_data/<ts>.json`` and a
     test run's to ``<ts>/<ts>.json``."""
@@ -102,6 +162,24 @@ def json_log(work_dir):
     """The records of the run's json log (one per logging step / evaluation)."""
     with open(_json_path(run_dir(work_dir))) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def json_runs(work_dir):
+    """The json log records of every run in ``work_dir`` (a killed run and the run that
+    resumed it share one), one list per run in start order; a line cut by a kill is
+    skipped."""
+    runs = []
+    dirs = sorted(d for d in glob.glob(osp.join(work_dir, '*')) if osp.isdir(d))
+    for path in filter(None, (_json_path(d) for d in dirs)):
+        records = []
+        with open(path) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        runs.append(records)
+    return runs
 
 
 def text_log(work_dir):

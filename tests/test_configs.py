@@ -1,4 +1,6 @@
-"""Every config under configs/ parses (mmdet::/mmseg:: bases resolved) and builds."""
+"""Every config under configs/ parses (mmdet::/mmseg::/mmpretrain:: bases resolved) and
+builds."""
+import ast
 import copy
 import functools
 import glob
@@ -7,10 +9,12 @@ import os.path as osp
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import MODELS, init_default_scope
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(ROOT, 'configs')
+CLS_DIR = osp.join(CONFIG_DIR, 'cls')
 RELEASE = 'https://github.com/xinghaochen/SLAB/releases/download/ckpts/'
 
 PVT_T = [64, 128, 320, 512]
@@ -62,11 +66,12 @@ def _all_configs():
     """Every SLAB model config, configs/demo/ and configs/study/ included (configs/mmdeploy/
     holds mmdeploy deploy configs, exercised by tests/test_e2e.py and test_e2e_swin.py;
     configs/prepbn/, stock models with PRepBN norms, are checked by
-    test_prepbn_configs_change_only_the_norm)."""
+    test_prepbn_configs_change_only_the_norm; configs/cls/, the mmpretrain classifiers, by
+    test_classifier_config)."""
     return sorted(
         rel for rel in (osp.relpath(p, CONFIG_DIR)
                         for p in glob.glob(osp.join(CONFIG_DIR, '**', '*.py'), recursive=True))
-        if not rel.startswith(('mmdeploy' + osp.sep, 'prepbn' + osp.sep)))
+        if not rel.startswith(('mmdeploy' + osp.sep, 'prepbn' + osp.sep, 'cls' + osp.sep)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -290,3 +295,115 @@ def test_demo_configs_settings():
         assert loader.dataset.reduce_zero_label is True
     assert seg.model.decode_head.num_classes == 5
     assert seg.model.auxiliary_head.num_classes == 5
+
+
+# ------------------------------------------------------------------ configs/cls/
+
+# configs/cls/: the mmpretrain classifiers of the released ImageNet models
+# (docs/classification.md; their logits against the release: tests/test_classifiers.py).
+# The release's recipe per config: (decay forward calls of each PRepBN, None: RepBN norms,
+# no decay; images per GPU in the release's run on 8 GPUs, drop path, grad clip)
+CLS_RELEASE = {
+    'slab_swin_tiny': (60000, 128, 0.2, 5.0), 'slab_swin_small': (60000, 128, 0.3, 5.0),
+    'slab_swin_base': (60000, 64, 0.5, 5.0), 'swin_tiny_prepbn': (300000, 128, 0.1, 5.0),
+    'slab_pvt_tiny': (300000, 128, 0.0, None), 'pvt_tiny_prepbn': (300000, 128, 0.0, None),
+    'pvt_small_prepbn': (300000, 64, 0.1, None), 'pvt_medium_prepbn': (300000, 128, 0.3, 1.0),
+    # SLAB-DeiT: LinearNorm(step=60000); DeiT-S: LinearNorm's default step (the file's
+    # total_step buffers); DeiT-T: RepBN
+    'slab_deit_tiny': (60000, 128, 0.0, 5.0), 'slab_deit_small': (60000, 128, 0.0, 5.0),
+    'deit_small_prepbn': (300000, 128, 0.0, 5.0), 'deit_tiny_prepbn': (None, 128, 0.0, 5.0),
+}
+# each family's full config (on mmpretrain's bases); its other configs inherit it
+CLS_FAMILY = {'SLABSwin': 'slab_swin_tiny', 'SLABPVT': 'slab_pvt_tiny',
+              'SLABDeiT': 'slab_deit_tiny'}
+# narrowed structures (and the head's input width) the models are built with
+CLS_NARROW = {
+    'SLABSwin': (dict(embed_dims=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8]), 128),
+    'SLABPVT': (dict(embed_dims=[8, 16, 24, 32], num_heads=[1, 2, 3, 4], mlp_ratios=[2, 2, 2, 2],
+                     depths=[1, 1, 1, 1]), 32),
+    'SLABDeiT': (dict(embed_dims=48, depth=2, num_heads=3), 48),
+}
+# the release's weight decay: off for 1-D parameters, biases and these (no_weight_decay,
+# no_weight_decay_keywords of its model classes), on for every other parameter
+CLS_NO_DECAY = {'SLABSwin': ('relative_position_bias_table', 'absolute_pos_embed'),
+                'SLABPVT': ('cls_token', ),
+                'SLABDeiT': ('backbone.pos_embed', 'backbone.cls_token')}
+
+
+def _cls_bases(name):
+    """The ``_base_`` a configs/cls file states, as written."""
+    tree = ast.parse(open(osp.join(CLS_DIR, f'{name}.py')).read())
+    return next(ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and node.targets[0].id == '_base_')
+
+
+def test_every_released_classifier_has_a_config():
+    assert sorted(osp.basename(f)[:-3] for f in glob.glob(osp.join(CLS_DIR, '*.py'))) == \
+        sorted(CLS_RELEASE)
+
+
+@pytest.mark.parametrize('name', sorted(CLS_RELEASE))
+def test_classifier_config(name):
+    """Parses with the mmpretrain:: bases resolved (a family's full config inherits them,
+    its other configs inherit it), states the release's recipe (weight decay included),
+    and its model builds (narrowed: the structure options are checked, not the widths) and
+    classifies; its real head fits its real backbone."""
+    import mmslab  # noqa: F401  (registers the SLAB modules)
+    from mmslab.models import PVT_ARCHS, SWIN_ARCHS
+    from mmslab.models.arch import DEIT_ARCHS
+    cfg = _load(osp.join('cls', f'{name}.py'))
+    backbone = cfg.model.backbone
+    family = CLS_FAMILY[backbone.type]
+    assert _cls_bases(name) == ([f'mmpretrain::_base_/{b}.py' for b in (
+        'datasets/imagenet_bs64_swin_224', 'schedules/imagenet_bs1024_adamw_swin',
+        'default_runtime')] if name == family else f'./{family}.py')
+    step, per_gpu, drop_path, clip = CLS_RELEASE[name]
+    assert cfg.custom_imports == dict(imports=['mmslab'], allow_failed_imports=False)
+    assert cfg.train_dataloader.batch_size == per_gpu
+    total = per_gpu * 8
+    assert cfg.optim_wrapper.optimizer.lr == pytest.approx(5e-4 * total / 512)
+    assert cfg.auto_scale_lr.base_batch_size == total
+    assert cfg.optim_wrapper.get('clip_grad') == (None if clip is None else dict(max_norm=clip))
+    assert all(s.get('convert_to_iter_based') for s in cfg.param_scheduler)
+    hooks = {h['type']: h for h in cfg.custom_hooks}
+    assert cfg.custom_hooks[0]['type'] == 'ReleaseCheckpointHook'
+    if step is None:  # RepBN norms: no lam to decay
+        assert backbone.norm == 'RepBN' and list(hooks) == ['ReleaseCheckpointHook']
+    else:
+        # the release's step counts forward calls of per_gpu images on each of 8 GPUs: the
+        # same number of iterations of this config's batch (per_gpu x 8)
+        assert hooks['PRepBNHook']['decay_iters'] == step * per_gpu * 8 // (
+            cfg.train_dataloader.batch_size * 8)
+        assert hooks['PRepBNHook']['r0'] == 1.0 and hooks['PRepBNHook']['warmup_iters'] == 0
+    assert backbone.drop_path_rate == drop_path and backbone.norm_eval is False
+    if backbone.type == 'SLABDeiT':
+        assert cfg.model.neck is None and backbone.get('out_indices', -1) == -1
+        assert backbone.out_type == ('avg_featmap' if backbone.attention == 'sla'
+                                     else 'cls_token')
+        widths = [DEIT_ARCHS[backbone.arch].embed_dims]
+    else:
+        assert tuple(backbone.out_indices) == (3, )
+        widths = (SWIN_ARCHS[backbone.arch].widths if backbone.type == 'SLABSwin'
+                  else PVT_ARCHS[backbone.arch].embed_dims)
+    assert cfg.model.head.in_channels == widths[-1]
+    if backbone.type == 'SLABSwin':
+        assert backbone.final_norm and backbone.clamp_windows
+
+    arch, channels = CLS_NARROW[backbone.type]
+    model_cfg = copy.deepcopy(cfg.model.to_dict())
+    model_cfg['backbone']['arch'] = arch
+    model_cfg['head']['in_channels'] = channels
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(model_cfg).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 224, 224), mode='tensor')
+    assert out.shape == (1, 1000)
+    # weight decay where the release's set_weight_decay puts it
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)]: g['weight_decay'] for g in build_optim_wrapper(
+        model, copy.deepcopy(cfg.optim_wrapper)).optimizer.param_groups for p in g['params']}
+    assert set(decay) == set(names.values())
+    assert {n for n, wd in decay.items() if wd == 0} == {
+        n for n, p in model.named_parameters()
+        if p.ndim == 1 or n.endswith('.bias') or any(k in n for k in CLS_NO_DECAY[backbone.type])}
+    assert set(decay.values()) == {0.0, 0.05}

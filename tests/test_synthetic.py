@@ -1,4 +1,5 @@
-"""The synthetic COCO / ADE20K-layout data sets (mmslab.datasets.synthetic)."""
+"""The synthetic COCO / ADE20K-layout data sets (mmslab.datasets.synthetic) and the
+ImageNet-layout classification set (mmslab.datasets.imagenet_synthetic)."""
 import copy
 import filecmp
 import json
@@ -11,9 +12,9 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from mmslab.datasets import (ADE_CLASSES, SHAPE_CLASSES, make_ade_semantic,
-                             make_coco_instances)
-from mmslab.datasets import synthetic
+from mmslab.datasets import (ADE_CLASSES, CLS_CLASSES, SHAPE_CLASSES, imagenet_classes,
+                             make_ade_semantic, make_coco_instances, make_imagenet_folders)
+from mmslab.datasets import imagenet_synthetic, synthetic
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_DEMO = osp.join(ROOT, 'configs', 'demo', 'mask_rcnn_slab_pvt_demo.py')
@@ -262,3 +263,107 @@ def test_mmseg_demo_dataset(ade_root):
         labels = _seg_labels(ds)
         assert labels <= set(range(len(ADE_CLASSES))) | {255}
         assert len(labels - {255}) >= 2
+
+
+# ----------------------------------------------------------------- ImageNet layout
+IMAGENET = dict(num_classes=5, train_per_class=3, val_per_class=2, image_size=40, seed=3)
+
+
+@pytest.fixture(scope='module')
+def imagenet_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('imagenet'))
+    make_imagenet_folders(root, **IMAGENET)
+    return root
+
+
+def test_imagenet_same_seed_same_files(tmp_path, imagenet_root):
+    again, other = str(tmp_path / 'again'), str(tmp_path / 'other')
+    files = make_imagenet_folders(again, **IMAGENET)
+    assert files == {s: osp.join(again, 'meta', f'{s}.txt') for s in ('train', 'val')}
+    names = _files(imagenet_root)
+    assert names == _files(again)
+    assert len(names) == 2 + 5 * (3 + 2)  # two ann files, the images
+    match, mismatch, errors = filecmp.cmpfiles(imagenet_root, again, names, shallow=False)
+    assert not mismatch and not errors and len(match) == len(names)
+    make_imagenet_folders(other, **dict(IMAGENET, seed=4))
+    assert _files(other) == names  # the same files, other pixels
+    img = 'train/circle/circle_00000.JPEG'
+    assert not filecmp.cmp(osp.join(imagenet_root, img), osp.join(other, img), shallow=False)
+
+
+def test_make_demo_data_writes_the_imagenet_set(tmp_path, imagenet_root, load_tool, capsys):
+    """``tools/make_demo_data.py --only imagenet`` writes the set of the same arguments."""
+    out = str(tmp_path / 'demo')
+    load_tool('make_demo_data').main([
+        '--only', 'imagenet', '--imagenet-root', out, '--num-classes', '5', '--num-train',
+        '3', '--num-val', '2', '--image-size', '40', '--seed', '3'])
+    assert '5 classes, 3 train / 2 val images per class' in capsys.readouterr().out
+    names = _files(imagenet_root)
+    assert _files(out) == names
+    match, mismatch, errors = filecmp.cmpfiles(imagenet_root, out, names, shallow=False)
+    assert not mismatch and not errors
+
+
+def test_imagenet_layout_and_ann_files(imagenet_root):
+    classes = imagenet_classes(5)
+    assert classes == tuple(sorted(CLS_CLASSES[:5])) and set(classes) >= set(SHAPE_CLASSES)
+    for split, n in (('train', 3), ('val', 2)):
+        assert sorted(os.listdir(osp.join(imagenet_root, split))) == list(classes)
+        with open(osp.join(imagenet_root, 'meta', f'{split}.txt')) as f:
+            lines = [line.split() for line in f.read().splitlines()]
+        assert len(lines) == 5 * n
+        for rel, label in lines:
+            assert rel.split('/')[0] == classes[int(label)] and rel.endswith('.JPEG')
+            im = cv2.imread(osp.join(imagenet_root, split, rel))
+            assert im is not None and im.shape == (40, 40, 3)
+        assert sorted(int(label) for _, label in lines) == sorted(list(range(5)) * n)
+
+
+def test_imagenet_one_shape_of_its_class_per_image(tmp_path):
+    """Each image holds one shape of its class, in one piece, of 0.45-0.95 of the side
+    (its area at least a quarter of its circumscribed circle's), in its class's colour:
+    the colour nearest to the shape's mean is its class's, the rest of the image is
+    further from every class colour."""
+    rng = np.random.default_rng(0)
+    rgb = np.array([imagenet_synthetic.CLS_RGB[c] for c in CLS_CLASSES], float)
+    for _ in range(3):
+        for k, cls in enumerate(CLS_CLASSES):
+            img, mask = imagenet_synthetic._shape_image(rng, cls, 64, (0.45, 0.95), True)
+            assert img.shape == (64, 64, 3) and not synthetic._has_hole_or_split(mask)
+            assert mask.sum() >= 0.25 * np.pi * (0.45 * 64 / 2) ** 2, cls
+            inside, outside = img[mask].mean(0), img[~mask].mean(0)
+            assert ((rgb - inside) ** 2).sum(1).argmin() == k, cls
+            assert ((rgb - outside) ** 2).sum(1).min() > ((rgb[k] - inside) ** 2).sum(), cls
+    with pytest.raises(ValueError, match='unknown shape class'):
+        imagenet_synthetic.cls_polygon('ring', 0, 0, 10, 0)
+    with pytest.raises(ValueError, match='num_classes must be'):
+        make_imagenet_folders(str(tmp_path), num_classes=9)
+
+
+def test_mmpretrain_reads_the_imagenet_layout(imagenet_root):
+    """mmpretrain's ``ImageNet(split=...)`` and ``CustomDataset`` (ann file, and folder
+    mode without one) load the set with the same samples and labels."""
+    from mmengine.registry import init_default_scope
+
+    import mmslab  # noqa: F401  (mmpretrain next to the installed transformers)
+    from mmpretrain.datasets import CustomDataset, ImageNet
+    init_default_scope('mmpretrain')
+    classes = imagenet_classes(5)
+    for split, n in (('train', 3), ('val', 2)):
+        by_ann = CustomDataset(data_root=imagenet_root, ann_file=f'meta/{split}.txt',
+                               data_prefix=split, metainfo=dict(classes=classes))
+        imagenet = ImageNet(data_root=imagenet_root, split=split,
+                            metainfo=dict(classes=classes))
+        folders = CustomDataset(data_root=imagenet_root, data_prefix=split)
+        assert tuple(folders.CLASSES) == tuple(by_ann.CLASSES) == classes
+        assert len(by_ann) == len(imagenet) == len(folders) == 5 * n
+        assert by_ann.get_gt_labels().tolist() == imagenet.get_gt_labels().tolist()
+        assert sorted(by_ann.get_gt_labels().tolist()) == sorted(list(range(5)) * n)
+
+        def samples(ds):
+            return sorted((ds.get_data_info(i)['img_path'], int(ds.get_data_info(i)['gt_label']))
+                          for i in range(len(ds)))
+
+        assert samples(by_ann) == samples(imagenet) == samples(folders)
+        for path, label in samples(by_ann):
+            assert osp.basename(osp.dirname(path)) == classes[label]

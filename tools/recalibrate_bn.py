@@ -7,6 +7,10 @@ Runs N batches of the config's ``train_dataloader`` through the frozen model (Re
 BatchNorms in train mode with a cumulative average, everything else in eval mode) and
 writes ``<checkpoint stem>_bnrecal.pth`` next to the input (or ``--out``). The input
 checkpoint is never overwritten. See ``mmslab.prepbn.recalibration``.
+
+For an mmpretrain classifier (configs/cls/) add ``--cfg-options model.train_cfg=None``:
+the statistics then see the training pipeline's images without the classifier's batch
+mixup / cutmix, as the release's refresh does (docs/classification.md).
 """
 import argparse
 from typing import List, Optional
@@ -22,7 +26,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Re-estimate the RepBN BatchNorm statistics of a checkpoint')
     parser.add_argument('config', type=argparse_path,
-                        help='config file (mmdet / mmseg / mmengine)')
+                        help='config file (mmdet / mmseg / mmpretrain / mmengine)')
     parser.add_argument('checkpoint', type=argparse_path, help='trained checkpoint')
     parser.add_argument('--iters', type=argparse_int(min=1), required=True,
                         help='number of training batches to estimate the statistics on (>= 1)')

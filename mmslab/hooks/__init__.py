@@ -1,3 +1,4 @@
 from .prepbn_hook import PRepBNHook
+from .release_checkpoint import ReleaseCheckpointHook
 
-__all__ = ['PRepBNHook']
+__all__ = ['PRepBNHook', 'ReleaseCheckpointHook']

@@ -1,7 +1,7 @@
 """Iteration-keyed schedule of the PRepBN mixing weight ``lam`` (docs/method.md, "Norms")."""
 from typing import Optional, Union
 
-from mmengine.hooks import Hook
+from mmengine.hooks import EMAHook, Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
@@ -32,6 +32,12 @@ class PRepBNHook(Hook):
     uninterrupted run, and the hook has no state to save. Every PRepBN of the model
     holds the same ``lam``. The value is logged as ``prepbn_lam`` with the other
     training scalars (message hub key ``train/prepbn_lam``).
+
+    The averaged model of mmengine's ``EMAHook`` (``ema_model.module``) gets the same
+    ``lam`` at the same points: it is a buffer, which ``EMAHook(update_buffers=True)``
+    (timm ``ModelEma``'s behaviour, the release's ``main_ema.py``) would otherwise average
+    like the BatchNorm statistics, so the averaged model would lag the schedule and
+    validate / save a different LayerNorm-RepBN mix than the one it is trained as.
 
     Choosing the schedule (measured: README, "From scratch"; Mask R-CNN trained from
     scratch on the synthetic set, box AP over 3-5 seeds): from scratch, train with
@@ -147,9 +153,14 @@ class PRepBNHook(Hook):
             runner.message_hub.update_scalar('train/prepbn_lam', lam)
 
     def _apply(self, runner) -> Optional[float]:
-        """Set ``lam(runner.iter)`` on all PRepBN; return it (None without PRepBN)."""
+        """Set ``lam(runner.iter)`` on all PRepBN, of the model and of its EMA copies;
+        return it (None without PRepBN)."""
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         lam = self.lam_at(runner.iter, runner.max_iters)
+        for hook in runner.hooks:
+            ema = getattr(hook, 'ema_model', None) if isinstance(hook, EMAHook) else None
+            if ema is not None:
+                set_prepbn_lam(ema.module, lam)
         if set_prepbn_lam(model, lam) == 0:
             if not self._warned:
                 runner.logger.warning(

@@ -3,7 +3,9 @@
 * :class:`PVTArch`: ``embed_dims``, ``num_heads``, ``mlp_ratios`` (one per stage) and
   ``depths``;
 * :class:`SwinArch`: ``embed_dims`` (the stage-1 width; stage i has ``embed_dims * 2**i``
-  channels), ``depths`` and ``num_heads`` (one per stage).
+  channels), ``depths`` and ``num_heads`` (one per stage);
+* :class:`DeiTArch`: ``embed_dims``, ``depth`` (blocks), ``num_heads`` and ``mlp_ratio``
+  of a plain (one-resolution) vision transformer.
 
 An instance is valid by construction (``__post_init__`` checks and normalises it), so a
 backbone never re-checks its structure. :meth:`~ArchPreset.resolve` turns a backbone's
@@ -14,7 +16,7 @@ hyperparameters (drop-path rate, ...) are not part of a preset.
 import dataclasses
 from typing import Any, Dict, Mapping, Tuple, Type, TypeVar, Union
 
-from ..validation import check_float_seq, check_int, check_int_seq, is_int
+from ..validation import check_float, check_float_seq, check_int, check_int_seq, is_int
 
 ArchT = TypeVar('ArchT', bound='ArchPreset')
 
@@ -57,7 +59,10 @@ class ArchPreset:
             if unknown:
                 raise ValueError(f'{owner}: arch settings {unknown} are not structural '
                                  f'settings of a {cls.__name__} (accepted: {fields})')
-            settings = dict(arch)
+            # a field with a default (DeiTArch.mlp_ratio) may be left out
+            settings = {f.name: f.default for f in dataclasses.fields(cls)
+                        if f.default is not dataclasses.MISSING}
+            settings.update(arch)
         elif isinstance(arch, str) and arch in zoo:
             settings = dataclasses.asdict(zoo[arch])
         else:
@@ -137,6 +142,38 @@ class SwinArch(ArchPreset):
         return tuple(self.embed_dims * 2 ** i for i in range(self.num_stages))
 
 
+@dataclasses.dataclass(frozen=True)
+class DeiTArch(ArchPreset):
+    """DeiT structure: width, number of blocks, heads and MLP ratio (every block alike)."""
+
+    embed_dims: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+
+    @classmethod
+    def _checked(cls, owner: str, settings: Dict[str, Any]) -> Dict[str, Any]:
+        embed_dims = check_int(owner, 'embed_dims', settings['embed_dims'], min=1)
+        depth = check_int(owner, 'depth', settings['depth'], min=1)
+        num_heads = check_int(owner, 'num_heads', settings['num_heads'], min=1)
+        mlp_ratio = check_float(owner, 'mlp_ratio', settings['mlp_ratio'], min=0, min_open=True)
+        if embed_dims % num_heads:
+            raise ValueError(f'{owner}: embed_dims={embed_dims} is not divisible by '
+                             f'num_heads={num_heads}')
+        if int(embed_dims * mlp_ratio) < 1:
+            raise ValueError(f'{owner}: mlp_ratio={mlp_ratio:g} gives an MLP of '
+                             f'int({embed_dims} * {mlp_ratio:g}) = 0 hidden channels; it must '
+                             f'be >= {1 / embed_dims:g}')
+        return dict(embed_dims=embed_dims, depth=depth, num_heads=num_heads,
+                    mlp_ratio=mlp_ratio)
+
+    @property
+    def num_stages(self) -> int:
+        """The number of blocks (each block is one stage for ``out_indices`` /
+        ``frozen_stages``)."""
+        return self.depth
+
+
 #: the SLAB-PVT presets (PVT v1 widths, heads, MLP ratios)
 PVT_ARCHS: Dict[str, PVTArch] = {
     name: PVTArch(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8),
@@ -152,3 +189,11 @@ SWIN_ARCHS: Dict[str, SwinArch] = {
     'base': SwinArch(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
 }
 
+
+#: the DeiT presets (the release's tiny / small, and DeiT's base); ``deit-*`` aliases as in
+#: mmpretrain's VisionTransformer
+DEIT_ARCHS: Dict[str, DeiTArch] = {
+    alias + name: DeiTArch(embed_dims=c, depth=12, num_heads=h, mlp_ratio=4.0)
+    for name, c, h in (('tiny', 192, 3), ('small', 384, 6), ('base', 768, 12))
+    for alias in ('', 'deit-')
+}

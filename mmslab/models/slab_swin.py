@@ -3,6 +3,9 @@
 Follows the release's detection backbone: window sizes ``[56, 28, 7, 7]``, odd blocks
 shifted by ``window // 2`` in every stage (the shift mask is ignored by SLA), zero padding
 to whole windows (no clamping to the map), per-output LayerNorms ``norm0..norm3``.
+``clamp_windows`` and ``final_norm`` give the release's classification model instead
+(docs/classification.md): windows clamped to the 224 maps, no shift where a map fits one
+window, and the final PRepBN ``norm`` on the last stage.
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -12,12 +15,13 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
 from mmengine.registry import MODELS
 
-from ..validation import (check_float, check_int, check_int_seq, check_size_2d,
+from ..validation import (check_bool, check_float, check_int, check_int_seq, check_size_2d,
                           check_str_letters)
 from . import cpu_inference
 from .arch import SWIN_ARCHS, SwinArch
 from .attention import SimplifiedLinearAttention, TokenMixer, WindowAttention
 from .base_backbone import SLABBackbone
+from .classifier_conversion import convert_slab_swin_with_final_norm
 from .embed import PatchEmbed, pad_to_multiple
 from .key_conversion import convert_slab_swin
 from .mlp import Mlp
@@ -131,7 +135,8 @@ class PatchMerging(nn.Module):
 
 
 class SLABSwinStage(nn.Module):
-    """Blocks of one resolution (odd ones shifted), then the optional patch merging."""
+    """Blocks of one resolution (odd ones shifted, unless ``shift=False``), then the
+    optional patch merging."""
 
     def __init__(self,
                  embed_dims: int,
@@ -146,12 +151,13 @@ class SLABSwinStage(nn.Module):
                  drop: float = 0.,
                  attn_drop: float = 0.,
                  with_cp: bool = False,
-                 deploy: bool = False) -> None:
+                 deploy: bool = False,
+                 shift: bool = True) -> None:
         super().__init__()
         self.window_size = window_size
         self.with_cp = with_cp
         self.blocks = nn.ModuleList([
-            SLABSwinBlock(embed_dims, num_heads, window_size, i % 2 == 1, attn_type,
+            SLABSwinBlock(embed_dims, num_heads, window_size, shift and i % 2 == 1, attn_type,
                           mlp_ratio, qkv_bias, drop, attn_drop, drop_paths[i], deploy)
             for i in range(depth)
         ])
@@ -161,7 +167,8 @@ class SLABSwinStage(nn.Module):
         """Return the stage output with its size, and the next stage's input with its size."""
         ws = self.window_size
         mask = None
-        if len(self.blocks) > 1 and self.blocks[1].attn.uses_shift_mask:
+        if (len(self.blocks) > 1 and self.blocks[1].shift_size
+                and self.blocks[1].attn.uses_shift_mask):
             mask = shift_window_mask(ceil_div(hw[0], ws) * ws, ceil_div(hw[1], ws) * ws, ws,
                                      ws // 2, x.device, x.shape[0])
         for blk in self.blocks:
@@ -200,8 +207,18 @@ class SLABSwin(SLABBackbone):
         with_cp: activation checkpointing of every block.
         deploy: build the re-parameterized structure (norms folded, see
             :meth:`switch_to_deploy`) so a folded checkpoint loads strictly.
+        clamp_windows: the release's classification rule instead of its detection one:
+            a stage whose map at ``pretrain_img_size`` is no larger than its window
+            (``min(H, W) <= window``) takes the map's size as its window and is not
+            shifted (at 224: windows 56 / 28 / 7 / 7, shifted blocks only in stage 3).
+            Default False (detection: every odd block shifted, windows as given).
+        final_norm: a PRepBN ``norm`` (the release's classification ``norm``) on the
+            last stage's output instead of the LayerNorm ``norm<last>``; the last stage
+            must be in ``out_indices``. Loaded from a release file with the backbone;
+            :meth:`switch_to_deploy` turns it into its affine map. Default False.
         init_cfg: ``dict(type='Pretrained', checkpoint=...)`` accepts the released
-            ImageNet files as they are (converted by :func:`convert_slab_swin`).
+            ImageNet files as they are (converted by :func:`convert_slab_swin`; with
+            ``final_norm`` the file's ``norm`` is loaded too).
     """
     arch_zoo = SWIN_ARCHS
     convert_checkpoint = staticmethod(convert_slab_swin)
@@ -227,9 +244,13 @@ class SLABSwin(SLABBackbone):
                  norm_eval: bool = True,
                  with_cp: bool = False,
                  deploy: bool = False,
+                 clamp_windows: bool = False,
+                 final_norm: bool = False,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         name = type(self).__name__
+        self.clamp_windows = check_bool(name, 'clamp_windows', clamp_windows)
+        self.final_norm = check_bool(name, 'final_norm', final_norm)
         preset = SwinArch.resolve(name, self.arch_zoo, arch, embed_dims=embed_dims,
                                   depths=depths, num_heads=num_heads)
         embed_dims = preset.embed_dims
@@ -255,6 +276,17 @@ class SLABSwin(SLABBackbone):
         in_channels = self.in_channels
         self.pretrain_img_size = check_size_2d(name, 'pretrain_img_size', pretrain_img_size,
                                                min=1)
+        shifts = [True] * num_stages
+        if clamp_windows:
+            window_sizes, shifts = classification_windows(self.pretrain_img_size, patch_size,
+                                                          window_sizes)
+        last = num_stages - 1
+        if final_norm and last not in self.out_indices:
+            raise ValueError(f'{name}: final_norm=True normalises the last stage (stage '
+                             f'{last}); out_indices={list(self.out_indices)} must include it '
+                             f'(a classifier uses out_indices=({last},))')
+        if final_norm:  # the release's classification loader keeps the file's final norm
+            self.convert_checkpoint = convert_slab_swin_with_final_norm
         self.arch = preset
         self.arch_settings = dict(preset.as_dict(), attn_types=attn_types,
                                   window_sizes=list(window_sizes))
@@ -270,9 +302,20 @@ class SLABSwin(SLABBackbone):
                 self.num_features[i], depths[i], num_heads[i], window_sizes[i],
                 attn_types[i], dpr[sum(depths[:i]):sum(depths[:i + 1])],
                 downsample=i < num_stages - 1, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                drop=drop_rate, attn_drop=attn_drop_rate, with_cp=with_cp, deploy=deploy))
+                drop=drop_rate, attn_drop=attn_drop_rate, with_cp=with_cp, deploy=deploy,
+                shift=shifts[i]))
         for i in self.out_indices:
-            self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i], eps=LN_EPS))
+            if final_norm and i == last:
+                self.norm = PRepBN(self.num_features[i], ln_eps=LN_EPS, deploy=deploy)
+            else:
+                self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i], eps=LN_EPS))
+
+    def output_norm(self, i: int) -> nn.Module:
+        """The norm of stage ``i``'s output (one of ``out_indices``): the LayerNorm
+        ``norm<i>``, or the PRepBN ``norm`` of the last stage with ``final_norm``."""
+        if self.final_norm and i == len(self.stages) - 1:
+            return self.norm
+        return getattr(self, f'norm{i}')
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self.check_input(x, self.patch_embed.proj.weight.dtype)
@@ -284,7 +327,7 @@ class SLABSwin(SLABBackbone):
         for i, stage in enumerate(self.stages):
             out, out_hw, x, hw = stage(x, hw)
             if i in self.out_indices:
-                out = getattr(self, f'norm{i}')(out)
+                out = self.output_norm(i)(out)
                 outs.append(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], *out_hw))
             if i >= max(self.out_indices):
                 break
@@ -306,5 +349,31 @@ class SLABSwin(SLABBackbone):
         for i in range(self.frozen_stages):
             mods.append(self.stages[i])
             if i in self.out_indices:
-                mods.append(getattr(self, f'norm{i}'))
+                mods.append(self.output_norm(i))
         return mods
+
+    def switch_to_deploy(self) -> None:
+        """Fold every norm (see :meth:`SLABBackbone.switch_to_deploy`); with
+        ``final_norm`` the final PRepBN becomes its exact affine map (``norm.scale`` /
+        ``norm.shift``). Checked first: nothing changes unless every PRepBN folds."""
+        if self.deploy:
+            return
+        super().switch_to_deploy()  # checks every PRepBN, the final norm included
+        if self.final_norm:
+            self.norm.switch_to_deploy()
+
+
+def classification_windows(img_size: HW, patch_size: int,
+                           window_sizes: Sequence[int]) -> Tuple[List[int], List[bool]]:
+    """The release's classification windows: per stage, the window and whether its odd
+    blocks are shifted. Stage maps are the patch grid of ``img_size``, halved per stage
+    (rounded up, as :class:`PatchMerging`; the release floors: the same at 224); a stage
+    whose map has ``min(H, W) <= window`` gets window ``min(H, W)`` and no shift."""
+    h, w = ceil_div(img_size[0], patch_size), ceil_div(img_size[1], patch_size)
+    windows, shifts = [], []
+    for ws in window_sizes:
+        fits = min(h, w) <= ws
+        windows.append(min(h, w) if fits else ws)
+        shifts.append(not fits)
+        h, w = ceil_div(h, 2), ceil_div(w, 2)
+    return windows, shifts
