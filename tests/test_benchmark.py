@@ -48,6 +48,50 @@ def test_benchmark_smoke(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f.endswith('.tmp')]
 
 
+def test_detr_encoder_sees_the_detectors_tokens():
+    """The Deformable DETR encoder rows: for an image of the case's size the encoder gets
+    the levels that the detector's backbone + neck make (800x1344: 100x168 + 50x84 + 25x42
+    + 13x21 tokens; an odd size checked against the mini detector), through the detector's
+    own pre_transformer; the three forms share every weight but the norms'."""
+    from bench.detr import detector_config, level_shapes
+    from bench.models import build_backbone
+    from mmcv.cnn.bricks.transformer import MultiheadAttention
+    from mmdet.registry import MODELS as DET_MODELS
+    from mmengine.registry import DefaultScope
+
+    from mmslab.prepbn import PRepBN
+    assert level_shapes(800, 1344, 4) == ((100, 168), (50, 84), (25, 42), (13, 21))
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        detector = DET_MODELS.build(detector_config(True, mini=True)).eval()
+    ln, prepbn, folded = (build_backbone(f'deformable_detr_encoder{s}', mini=True)
+                          for s in ('', '_prepbn', '_prepbn_deploy'))
+    h, w = 97, 131
+    with torch.no_grad():
+        feats = detector.extract_feat(torch.zeros(1, 3, h, w))
+    shapes = [tuple(f.shape[-2:]) for f in feats]
+    assert shapes == list(level_shapes(h, w, 4)) == [(13, 17), (7, 9), (4, 5), (2, 3)]
+    inputs = prepbn.encoder_inputs(2, h, w, torch.device('cpu'))
+    sizes = [a * b for a, b in shapes]
+    assert inputs['spatial_shapes'].tolist() == [list(s) for s in shapes]
+    assert inputs['level_start_index'].tolist() == [0, 221, 284, 304]
+    assert torch.equal(inputs['valid_ratios'], torch.ones(2, 4, 2))
+    assert inputs['feat'].shape == inputs['feat_pos'].shape == (2, sum(sizes), 32)
+    assert inputs['feat_mask'] is None  # nothing padded: mmdet passes no mask
+    assert torch.isfinite(inputs['feat_pos']).all()  # level_embed initialised
+    assert sum(isinstance(m, PRepBN) for m in prepbn.modules()) == 4
+    assert [m.deploy for m in folded.modules() if isinstance(m, PRepBN)] == [True] * 4
+    assert not any(isinstance(m, PRepBN) for m in ln.modules())
+    kept = {k: v for k, v in ln.state_dict().items() if '.norms.' not in k}
+    for other in (prepbn, folded):
+        theirs = other.state_dict()
+        assert all(torch.equal(v, theirs[k]) for k, v in kept.items())
+    with torch.no_grad():
+        memory, = folded(torch.zeros(1, 3, h, w))
+    assert memory.shape == (1, sum(sizes), 32)
+    # the decoder's `dropout=` did not leak into mmcv's shared default dropout_layer
+    assert MultiheadAttention.__init__.__defaults__[2] == dict(type='Dropout', drop_prob=0.)
+
+
 def test_benchmark_train_amp_smoke(tmp_path):
     """The GPU mode's code paths on the CPU: training steps (forward + backward, train
     mode, both PRepBN branches) and eval forwards under bf16 autocast, batch 2, the

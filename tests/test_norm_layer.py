@@ -1,6 +1,7 @@
-"""PRepBN / RepBN as norm layers of any OpenMMLab module: mmcv's ``build_norm_layer``
-(``norm_cfg=dict(type='PRepBN')``), every channels-last layout, and inside stock mmdet /
-mmseg transformers, where ``lam = 1`` computes exactly what the LayerNorm model computes."""
+"""PRepBN / RepBN as norm layers of any OpenMMLab module: mmcv's and mmpretrain's
+``build_norm_layer`` (``norm_cfg=dict(type='PRepBN')``), every channels-last layout, and
+inside stock mmdet / mmseg / mmpretrain transformers, where ``lam = 1`` computes exactly
+what the LayerNorm model computes and ``lam = 0`` folds exactly."""
 import pytest
 import torch
 import torch.nn as nn
@@ -9,6 +10,7 @@ from mmcv.cnn import build_norm_layer
 
 from _stock import KINDS, run_tokens_model, tokens_input, tokens_model
 
+from mmslab.models import reparameterize
 from mmslab.prepbn import PRepBN, RepBN, set_prepbn_lam
 
 
@@ -25,6 +27,25 @@ def test_build_norm_layer_names_eps_and_requires_grad():
     assert frozen.norm2.bn.eps == 1e-3 and frozen.norm2.bn.momentum == 0.01
     name, rep = build_norm_layer(dict(type='RepBN', eps=1e-4), 32, postfix=1)
     assert name == 'repbn1' and isinstance(rep, RepBN) and rep.bn.eps == 1e-4
+
+
+def test_mmpretrain_build_norm_layer():
+    """mmpretrain's own ``build_norm_layer`` (module only; type looked up in mmpretrain's
+    registry, whose parent holds PRepBN; ``eps`` defaulted to 1e-5 and passed on)."""
+    from mmpretrain.models.utils import build_norm_layer as pretrain_build_norm_layer
+    norm = pretrain_build_norm_layer(dict(type='PRepBN', eps=1e-6), 64)
+    assert isinstance(norm, PRepBN) and norm.channels == 64
+    assert norm.norm1.eps == 1e-6 and norm.norm2.bn.eps == 1e-5
+    default = pretrain_build_norm_layer(dict(type='PRepBN'), 8)
+    assert default.norm1.eps == pretrain_build_norm_layer(dict(type='LN'), 8).eps
+    frozen = pretrain_build_norm_layer(dict(type='PRepBN', requires_grad=False, bn_eps=1e-3),
+                                       16)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert frozen.norm2.bn.eps == 1e-3
+    rep = pretrain_build_norm_layer(dict(type='RepBN', eps=1e-4), 32)
+    assert isinstance(rep, RepBN) and rep.bn.eps == 1e-4
+    folded = pretrain_build_norm_layer(dict(type='PRepBN', eps=1e-6, deploy=True), 8)
+    assert folded.deploy
 
 
 def test_bad_arguments_and_layouts_are_named():
@@ -104,3 +125,31 @@ def test_builds_inside_stock_modules_and_equals_layernorm_at_lam_1(kind):
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert all(torch.isfinite(p.norm2.bn.running_mean).all() for p in prepbns.values())
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_converged_stock_modules_fold_exactly(kind):
+    """A module built with ``norm_cfg=dict(type='PRepBN', eps=1e-6)``, its RepBN statistics
+    trained, at ``lam = 0``: ``reparameterize`` turns every norm into its affine map, and
+    the folded module computes what the unfolded one computed (float64)."""
+    torch.manual_seed(0)
+    model = tokens_model(kind, dict(type='PRepBN', eps=1e-6)).double()
+    prepbns = [m for m in model.modules() if isinstance(m, PRepBN)]
+    with torch.no_grad():
+        for m in prepbns:
+            m.norm2.alpha.fill_(0.5)
+            m.norm2.bn.weight.uniform_(0.5, 1.5)
+            m.norm2.bn.bias.normal_(0, 0.1)
+    set_prepbn_lam(model, 0.0)
+    model.train()
+    x = tokens_input(kind)
+    with torch.no_grad():
+        for _ in range(3):  # running statistics away from their init
+            run_tokens_model(kind, model, x * 2 + 0.5)
+    model.eval()
+    with torch.no_grad():
+        before = run_tokens_model(kind, model, x)
+        assert reparameterize(model) == len(prepbns) > 0
+        assert all(m.deploy for m in prepbns)
+        for a, b in zip(run_tokens_model(kind, model, x), before):
+            assert_rel_close(a, b, EXACT)

@@ -16,6 +16,14 @@ torch.compile'd twin of every model; compile time reported separately), --tf32 o
 --models ..., --mini (smoke test), --ort (ONNX Runtime vs PyTorch instead; --exporters
 dynamo torchscript: one row per exporter).
 
+PRepBN in stock mmdet modules (LayerNorm / PRepBN at lam = 0 / folded; docs/prepbn.md,
+"Speed"): mmdet's PVTv2-b0 and the Deformable DETR encoder of configs/prepbn/ -- for the
+encoder, a size is the image whose multi-scale tokens it encodes:
+
+    python tools/benchmark.py --models deformable_detr_encoder \
+        deformable_detr_encoder_prepbn deformable_detr_encoder_prepbn_deploy \
+        --sizes 800x1344 --repeat 5
+
 Prints a markdown table and the targets of the device that ran (--targets, default
 tools/benchmark_targets.csv), writes benchmark.md / .json (also after every case, so a run
 cut short keeps what it measured) and a latency-vs-megapixels plot. See tools/bench/ for

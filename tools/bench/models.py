@@ -18,10 +18,15 @@ MODELS: Dict[str, str] = {
     'pvtv2_b0': 'PVTv2-b0 (mmdet)',
     'pvtv2_b0_prepbn': 'PVTv2-b0 PRepBN (mmdet)',
     'pvtv2_b0_prepbn_deploy': 'PVTv2-b0 PRepBN deploy (mmdet)',
+    # tools/bench/detr.py: the encoder alone, on the tokens of an image of the case's size
+    'deformable_detr_encoder': 'Deformable DETR encoder (mmdet)',
+    'deformable_detr_encoder_prepbn': 'Deformable DETR encoder PRepBN (mmdet)',
+    'deformable_detr_encoder_prepbn_deploy': 'Deformable DETR encoder PRepBN deploy (mmdet)',
 }
 # SLAB model -> its stock twin (Swin-T-PRepBN vs Swin-T: the paper's detection pair)
 STOCK = {'slab_pvt_t': 'pvt_t', 'slab_swin_t': 'swin_t', 'swin_prepbn_t': 'swin_t',
-         'pvtv2_b0_prepbn': 'pvtv2_b0'}
+         'pvtv2_b0_prepbn': 'pvtv2_b0',
+         'deformable_detr_encoder_prepbn': 'deformable_detr_encoder'}
 COMPILED = '+compile'  # name suffix of the torch.compile'd twin of a model
 #: PRepBN lam of the SLAB models in training steps (both branches, mid-schedule)
 TRAIN_LAM = 0.5
@@ -52,6 +57,7 @@ def build_backbone(name: str, mini: bool = False,
     """One of :data:`MODELS` in eval mode (``*_deploy``: norms folded), on ``device``.
     ``mini``: the same architecture with small widths and depths (for smoke tests)."""
     base, deploy = name.removesuffix('_deploy'), name.endswith('_deploy')
+    initialised = False
     if base == 'slab_pvt_t':
         from mmslab.models import SLABPVT
         model = SLABPVT(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1]) if mini \
@@ -77,9 +83,15 @@ def build_backbone(name: str, mini: bool = False,
         model = PyramidVisionTransformerV2(
             embed_dims=16 if mini else 32, num_layers=[1, 1, 1, 1] if mini else [2, 2, 2, 2],
             norm_cfg=dict(type=norm, eps=1e-6))
+    elif base in ('deformable_detr_encoder', 'deformable_detr_encoder_prepbn') and \
+            not (deploy and base == 'deformable_detr_encoder'):
+        from .detr import build_detr_encoder
+        model = build_detr_encoder(prepbn=base.endswith('prepbn'), mini=mini)
+        initialised = True  # by the whole detector's init_weights, before it was cut down
     else:
         raise KeyError(f'unknown model {name!r}; choose from {list(MODELS)}')
-    model.init_weights()
+    if not initialised:
+        model.init_weights()
     model.eval()
     if deploy:  # (on the CPU, before the move): SLAB backbones fold into their layers,
         from mmslab.models import reparameterize  # other PRepBNs become affine maps
