@@ -31,13 +31,17 @@ def main(argv):
 
 
 def test_benchmark_smoke(tmp_path):
+    """Every model (the default run's and the classifiers, which only --models names)."""
     res = main(['--mini', '--sizes', '64x64', '--repeat', '1', '--warmup', '0',
-                '--threads', '1', '--out-dir', str(tmp_path)])
+                '--threads', '1', '--models', *MODELS, '--out-dir', str(tmp_path)])
     text = table(res)
     for label in MODELS.values():
         assert f'| {label} | 64x64 |' in text
     assert all(m.macs and m.macs > 0 and m.peak_bytes is not None and len(m.times) == 1
                for m in res.measurements)
+    assert '| SLAB-PVT-T classifier deploy | 64x64 | 1 | eval fp32 |' in text
+    assert res.stock(res.get('slab_pvt_t_cls_deploy', res.measurements[0].case)).model == \
+        'swin_t_cls'  # the classifiers' stock twin: mmpretrain's Swin-T classifier
     assert not any(res.missed_ops.values()), res.missed_ops
     report = (tmp_path / 'benchmark.md').read_text()
     assert 'Targets:' in report
@@ -119,6 +123,28 @@ def test_benchmark_train_amp_smoke(tmp_path):
         ('slab_swin_t_deploy', 'fp32'), ('swin_t', 'fp32'),
         ('slab_swin_t_deploy', 'bf16'), ('swin_t', 'bf16')]
     assert '| SLAB-Swin-T deploy | 48x80 | 1 | eval bf16 |' in table(res)
+
+
+def test_classifier_rows_call_the_classifier():
+    """A classifier row: eval -> the logits; its training step (train mode, lam = 0.5) ->
+    the config's head loss on random labels (label smoothing over 1000 classes: about
+    ln 1000 at initialisation), backward, then the config's gradient clipping and
+    optimizer (AdamW) step the weights; back in eval with lam = 0."""
+    from bench.cases import make_step
+    from bench.models import build_backbone, set_mode
+    model = build_backbone('slab_swin_t_cls', mini=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert model(x).shape == (2, 1000)
+    set_mode(model, True)
+    before = model.classifier.head.fc.weight.detach().clone()
+    loss = make_step(model, x, Case((64, 64), 2, 'fp32', True))()
+    assert 6.0 < loss.item() < 8.0
+    assert model.optim_wrapper_cfg['clip_grad'] == dict(max_norm=5.0)
+    assert type(model.optimizer()).__name__ == 'AdamW' and model.optimizer().state
+    assert not torch.equal(before, model.classifier.head.fc.weight)
+    set_mode(model, False)
+    assert not model.training and model.classifier.backbone.norm.lam.item() == 0.0
 
 
 def test_benchmark_compile_smoke(tmp_path):

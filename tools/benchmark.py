@@ -16,6 +16,14 @@ torch.compile'd twin of every model; compile time reported separately), --tf32 o
 --models ..., --mini (smoke test), --ort (ONNX Runtime vs PyTorch instead; --exporters
 dynamo torchscript: one row per exporter).
 
+Whole ImageNet classifiers (mmpretrain ImageClassifier; docs/classification.md, "Speed
+(CPU)"), named with --models only: mmpretrain's Swin-T classifier and the SLAB-Swin-T /
+SLAB-PVT-T classifiers of configs/cls/ (+ folded); --train is their training step (head
+loss on random labels, backward, the config's optimizer step):
+
+    python tools/benchmark.py --models swin_t_cls slab_swin_t_cls_deploy \\
+        slab_pvt_t_cls_deploy --sizes 224x224 --batch 1 8 --repeat 7
+
 PRepBN in stock mmdet modules (LayerNorm / PRepBN at lam = 0 / folded; docs/prepbn.md,
 "Speed"): mmdet's PVTv2-b0 and the Deformable DETR encoder of configs/prepbn/ -- for the
 encoder, a size is the image whose multi-scale tokens it encodes:
@@ -39,7 +47,7 @@ from dataclasses import asdict
 from typing import Optional, Sequence
 
 from bench.cases import AMP_DTYPES, DEFAULT_SIZES, PRESETS, make_cases, parse_size
-from bench.models import MODELS
+from bench.models import DEFAULT_MODELS, MODELS
 from bench.report import write_report
 from bench.run import Options, run_benchmark
 from bench.targets import DEFAULT_TARGETS, evaluate, load_targets
@@ -86,7 +94,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='untimed rounds first (default: 1 on CPU, 3 on CUDA)')
     parser.add_argument('--threads', type=argparse_int(min=1), default=2,
                         help='torch.set_num_threads')
-    parser.add_argument('--models', nargs='+', default=list(MODELS), choices=list(MODELS))
+    parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
+                        choices=list(MODELS),
+                        help='default: all but the ImageNet classifiers (*_cls*)')
     parser.add_argument('--out-dir', type=argparse_path, default='work_dirs/benchmark')
     parser.add_argument('--plot', type=argparse_path, default='latency.png',
                         help='PNG name inside --out-dir')

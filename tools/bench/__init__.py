@@ -1,5 +1,6 @@
-"""Side-by-side benchmark of the SLAB backbones and mmdet's stock PVT / Swin, on CPU or
-CUDA (the application behind ``tools/benchmark.py``).
+"""Side-by-side benchmark of the SLAB backbones and mmdet's stock PVT / Swin (and of
+whole ImageNet classifiers against mmpretrain's Swin-T classifier), on CPU or CUDA (the
+application behind ``tools/benchmark.py``).
 
 One process, one run: every model is built once, and for each *case* (input size, batch,
 autocast dtype, eval forward or training step) the calls of all models are interleaved
@@ -11,7 +12,9 @@ Reported per model and case:
   - eval: one ``torch.no_grad()`` eval forward;
   - train (``--train``): one training step of the backbone alone -- ``zero_grad``, forward
     in train mode, loss = the sum of the means of the output maps, backward -- under
-    autocast when ``--amp`` is given, with a ``torch.amp.GradScaler`` for float16. The
+    autocast when ``--amp`` is given, with a ``torch.amp.GradScaler`` for float16 (the
+    whole classifiers of :mod:`bench.classifiers`: their head loss on fixed random labels,
+    backward, then their config's gradient clipping and optimizer step). The
     SLAB models train with ``norm_eval=False`` and ``lam = 0.5`` (LayerNorm and RepBN both
     run, RepBN on batch statistics: the middle of the PRepBN schedule); the ``*_deploy``
     forms are inference-only and are not trained;

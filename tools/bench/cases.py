@@ -70,7 +70,8 @@ def parse_size(text: str) -> Size:
 
 
 def training_loss(outs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The benchmark's loss: the sum over the output maps of their mean (float32)."""
+    """The benchmark's loss: the sum over the output maps of their mean (float32; a
+    classifier in train mode outputs its loss terms, so this is their sum)."""
     return sum(o.float().mean() for o in outs)
 
 
@@ -89,11 +90,15 @@ def make_step(model: nn.Module, x: torch.Tensor, case: Case) -> Callable[[], Any
         return forward
 
     scaler = torch.amp.GradScaler(dev) if case.amp == 'fp16' else None
+    # whole classifiers (bench.classifiers) also step their optimizer; backbones do not
+    optimizer_step = getattr(model, 'optimizer_step', None)
 
     def train_step():
         model.zero_grad(set_to_none=True)
         with autocast():
             loss = training_loss(model(x))
         (scaler.scale(loss) if scaler is not None else loss).backward()
+        if optimizer_step is not None:
+            optimizer_step(scaler)
         return loss
     return train_step

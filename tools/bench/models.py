@@ -1,4 +1,5 @@
-"""The benchmarked backbones: names, how each is built, how it is put in a mode, and its
+"""The benchmarked models (backbones; the Deformable DETR encoder; whole classifiers,
+tools/bench/classifiers.py): names, how each is built, how it is put in a mode, and its
 ``torch.compile`` twin."""
 import time
 from typing import Dict, Optional
@@ -22,11 +23,25 @@ MODELS: Dict[str, str] = {
     'deformable_detr_encoder': 'Deformable DETR encoder (mmdet)',
     'deformable_detr_encoder_prepbn': 'Deformable DETR encoder PRepBN (mmdet)',
     'deformable_detr_encoder_prepbn_deploy': 'Deformable DETR encoder PRepBN deploy (mmdet)',
+    # tools/bench/classifiers.py: whole ImageNet classifiers (mmpretrain ImageClassifier),
+    # the logits of a batch of images (not in the default run: --models names them)
+    'swin_t_cls': 'Swin-T classifier (mmpretrain)',
+    'slab_swin_t_cls': 'SLAB-Swin-T classifier',
+    'slab_swin_t_cls_deploy': 'SLAB-Swin-T classifier deploy',
+    'slab_pvt_t_cls': 'SLAB-PVT-T classifier',
+    'slab_pvt_t_cls_deploy': 'SLAB-PVT-T classifier deploy',
 }
-# SLAB model -> its stock twin (Swin-T-PRepBN vs Swin-T: the paper's detection pair)
+#: the classifiers' trained forms (tools/bench/classifiers.py)
+CLASSIFIERS = ('swin_t_cls', 'slab_swin_t_cls', 'slab_pvt_t_cls')
+#: what a run measures unless told (--models): all but the classifiers, which are
+#: ImageNet models of 224 px, not of the detection sizes
+DEFAULT_MODELS = tuple(n for n in MODELS if n.removesuffix('_deploy') not in CLASSIFIERS)
+# SLAB model -> its stock twin (Swin-T-PRepBN vs Swin-T: the paper's detection pair; both
+# SLAB classifiers vs mmpretrain's Swin-T classifier: mmpretrain 1.2 has no PVT one)
 STOCK = {'slab_pvt_t': 'pvt_t', 'slab_swin_t': 'swin_t', 'swin_prepbn_t': 'swin_t',
          'pvtv2_b0_prepbn': 'pvtv2_b0',
-         'deformable_detr_encoder_prepbn': 'deformable_detr_encoder'}
+         'deformable_detr_encoder_prepbn': 'deformable_detr_encoder',
+         'slab_swin_t_cls': 'swin_t_cls', 'slab_pvt_t_cls': 'swin_t_cls'}
 COMPILED = '+compile'  # name suffix of the torch.compile'd twin of a model
 #: PRepBN lam of the SLAB models in training steps (both branches, mid-schedule)
 TRAIN_LAM = 0.5
@@ -43,7 +58,7 @@ def family(name: str) -> str:
 
 
 def stock_twin(name: str) -> Optional[str]:
-    """The mmdet backbone ``name`` is compared with (None for the stock ones)."""
+    """The stock model ``name`` is compared with (None for the stock ones)."""
     return STOCK.get(family(name))
 
 
@@ -88,6 +103,10 @@ def build_backbone(name: str, mini: bool = False,
         from .detr import build_detr_encoder
         model = build_detr_encoder(prepbn=base.endswith('prepbn'), mini=mini)
         initialised = True  # by the whole detector's init_weights, before it was cut down
+    elif base in CLASSIFIERS and not (deploy and base == 'swin_t_cls'):
+        from .classifiers import build_classifier
+        model = build_classifier(base, mini=mini)
+        initialised = True  # by the classifier's own init_weights (its config's init_cfg)
     else:
         raise KeyError(f'unknown model {name!r}; choose from {list(MODELS)}')
     if not initialised:

@@ -50,9 +50,11 @@ def _legend(res: BenchmarkResult) -> str:
            'before the timed calls (max over rounds; OS view, includes scratch, blurred '
            'by allocator reuse)')
     text = ('mode = eval (torch.no_grad forward) or train (zero_grad + forward + '
-            'backward of sum(mean(map))) and the autocast dtype (fp32: none); vs stock = '
-            'latency / latency of the mmdet backbone of the same family in the same '
-            'case (Swin-T-PRepBN: mmdet Swin-T); GMAC = 1e9 multiply-accumulates of '
+            'backward of sum(mean(map)); classifiers: of their head loss on random '
+            'labels, + their config\'s optimizer step) and the autocast dtype (fp32: '
+            'none); vs stock = latency / latency of the mmdet backbone of the same family '
+            'in the same case (Swin-T-PRepBN: mmdet Swin-T; the classifiers: mmpretrain\'s '
+            'Swin-T classifier); GMAC = 1e9 multiply-accumulates of '
             'the forward\'s linear/matmul/conv/attention ops (mmengine FlopAnalyzer, '
             'element-wise ops not counted); GFLOP/s = 2 x MAC / median latency (eval '
             'only); % of GEMM against the GEMM rate of the same dtype; ' + mem + '.')

@@ -17,7 +17,7 @@ from .cases import AMP_DTYPES, DEFAULT_SIZES, Case, Size, make_cases, make_step
 from .machine import environment, gemm_gflops, gemm_size
 from .macs import count_macs
 from .memory import PeakRSS, model_bytes, peak_alloc
-from .models import (COMPILED, MODELS, add_compiled_twins, base_name, build_backbone,
+from .models import (COMPILED, DEFAULT_MODELS, add_compiled_twins, base_name, build_backbone,
                      graph_breaks, label, set_mode)
 from .result import BenchmarkResult, Measurement
 
@@ -28,7 +28,7 @@ Log = Callable[[str], None]
 @dataclass
 class Options:
     """What a run measures and how."""
-    models: Sequence[str] = tuple(MODELS)   # names of MODELS, or keys of the factories
+    models: Sequence[str] = DEFAULT_MODELS  # names of MODELS, or keys of the factories
     cases: Sequence[Case] = field(default_factory=lambda: make_cases(DEFAULT_SIZES))
     repeat: int = 3                          # timed rounds (median of them)
     warmup: int = 1                          # untimed rounds first
