@@ -197,6 +197,40 @@ def test_sla_positional_encoding_resized_to_the_grid():
     assert attn(torch.randn(1, 6 * 10, 8), (6, 10)).shape == (1, 60, 8)
 
 
+def test_sla_fixed_grid_keeps_its_table_when_traced():
+    """Swin's windows (``fixed_grid=True``): P as it is, also in a traced graph (no
+    resize of P to its own grid: a constant Resize that ONNX exporters' optimisers fold
+    at export time, slowly), the same function; another grid is an error."""
+    torch.manual_seed(0)
+    attn = SimplifiedLinearAttention(8, 2, (4, 4), fixed_grid=True).eval()
+    free = SimplifiedLinearAttention(8, 2, (4, 4)).eval()
+    free.load_state_dict(attn.state_dict())
+    with torch.no_grad():
+        attn.positional_encoding.normal_()
+        free.positional_encoding.copy_(attn.positional_encoding)
+    x = torch.randn(3, 16, 8)
+
+    class OnGrid(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, t):
+            return self.m(t, (4, 4))
+
+    def ops(m):
+        return {n.kind() for n in torch.jit.trace(OnGrid(m), (x, )).inlined_graph.nodes()}
+
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, (4, 4)), free(x, (4, 4)), rtol=0, atol=0)
+        assert 'aten::upsample_bilinear2d' not in ops(attn)
+        assert 'aten::upsample_bilinear2d' in ops(free)
+    with pytest.raises(ValueError, match=r'fixed_grid=True\) takes 4x4 grids, got 2x8'):
+        attn(torch.randn(1, 16, 8), (2, 8))
+    with pytest.raises(TypeError, match='fixed_grid must be True or False, got 1'):
+        SimplifiedLinearAttention(8, 2, (4, 4), fixed_grid=1)
+
+
 # ---------------------------------------------------------------- bad inputs
 def test_bad_inputs_are_explained():
     pvt = build(SLABPVT, **PVT_MINI).eval()

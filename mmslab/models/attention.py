@@ -105,6 +105,9 @@ class SimplifiedLinearAttention(TokenMixer):
         num_heads: heads; head_dim = C // num_heads.
         pos_grid: ``(H, W)`` grid of the positional encoding P (``(1, H*W, C)``). For any
             other token grid P is resized bilinearly at run time.
+        fixed_grid: the token grid is always ``pos_grid`` (Swin's windows): P is used as
+            it is, also where sizes are symbolic (an exported graph then holds P itself,
+            not a resize of it to the same grid), and another grid is an error.
         qkv_layout: ``'qkv'`` (Swin: one Linear(C, 3C) giving [q | k | v]) or ``'q_kv'``
             (PVT: ``q`` Linear(C, C) and ``kv`` Linear(C, 2C) giving [k | v]).
         kernel_size: of the depthwise conv on v (5 in the release).
@@ -117,7 +120,8 @@ class SimplifiedLinearAttention(TokenMixer):
                  qkv_layout: str = 'qkv',
                  qkv_bias: bool = True,
                  proj_drop: float = 0.,
-                 kernel_size: int = 5) -> None:
+                 kernel_size: int = 5,
+                 fixed_grid: bool = False) -> None:
         super().__init__()
         name = 'SimplifiedLinearAttention'
         _check_heads(name, embed_dims, num_heads)
@@ -126,6 +130,7 @@ class SimplifiedLinearAttention(TokenMixer):
         check_bool(name, 'qkv_bias', qkv_bias)
         check_float(name, 'proj_drop', proj_drop, min=0, max=1)
         check_int(name, 'kernel_size', kernel_size, min=1)
+        check_bool(name, 'fixed_grid', fixed_grid)
         if kernel_size % 2 == 0:
             raise ValueError(f'{name}: kernel_size must be odd (the depthwise conv on v pads '
                              f'kernel_size // 2 and must keep the token grid), got {kernel_size}')
@@ -133,6 +138,7 @@ class SimplifiedLinearAttention(TokenMixer):
         self.num_heads = num_heads
         self.head_dims = embed_dims // num_heads
         self.pos_grid = tuple(pos_grid)
+        self.fixed_grid = fixed_grid
         self.qkv_layout = qkv_layout
         if qkv_layout == 'qkv':
             self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
@@ -170,7 +176,7 @@ class SimplifiedLinearAttention(TokenMixer):
         if not symbolic_sizes() and n != hw[0] * hw[1]:
             raise ValueError(f'{n} tokens do not form a {hw[0]}x{hw[1]} grid')
         heads, d = self.num_heads, self.head_dims
-        pos = resize_pos_embed(self.positional_encoding, self.pos_grid, hw)
+        pos = self.position_table(hw)
         in_dtype, dtype = qkv.dtype, _core_dtype(qkv.dtype)
         with torch.autocast(device_type=qkv.device.type, enabled=False):
             q, k, v = qkv.to(dtype).reshape(b, n, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
@@ -181,6 +187,15 @@ class SimplifiedLinearAttention(TokenMixer):
             out = num / (den + 1e-6) + self._dwc(v, hw)
             out = out.transpose(1, 2).reshape(b, n, heads * d)
         return out.to(in_dtype)
+
+    def position_table(self, hw: HW) -> torch.Tensor:
+        """P for a ``hw`` token grid: resized to it, or as it is where the grid is fixed."""
+        if not self.fixed_grid:
+            return resize_pos_embed(self.positional_encoding, self.pos_grid, hw)
+        if not symbolic_sizes() and tuple(hw) != self.pos_grid:
+            raise ValueError(f'SimplifiedLinearAttention(fixed_grid=True) takes '
+                             f'{self.pos_grid[0]}x{self.pos_grid[1]} grids, got {hw[0]}x{hw[1]}')
+        return self.positional_encoding
 
     def mix_inference(self, qkv: torch.Tensor, hw: HW,
                       mask: Optional[torch.Tensor] = None) -> torch.Tensor:

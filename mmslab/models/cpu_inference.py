@@ -41,7 +41,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..validation import check_bool
-from .pos_embed import resize_pos_embed
 from .windows import window_gather_index
 
 HW = Tuple[int, int]
@@ -120,7 +119,7 @@ def sla_mix(attn: nn.Module, qkv: torch.Tensor, hw: HW) -> torch.Tensor:
     c, d = attn.embed_dims, attn.head_dims
     if n != hw[0] * hw[1]:
         raise ValueError(f'{n} tokens do not form a {hw[0]}x{hw[1]} grid')
-    pos = resize_pos_embed(attn.positional_encoding, attn.pos_grid, hw).to(qkv.dtype)
+    pos = attn.position_table(hw).to(qkv.dtype)
     v = qkv[..., 2 * c:]
     out = _dwc_token_major(attn, v, hw)                                   # (B, N, C)
     q, k = qkv[..., :c].relu_(), qkv[..., c:2 * c].add_(pos).relu_()

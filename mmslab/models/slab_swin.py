@@ -64,7 +64,7 @@ class SLABSwinBlock(nn.Module):
         self.attn: TokenMixer
         if attn_type == 'L':
             self.attn = SimplifiedLinearAttention(embed_dims, num_heads, (window_size,) * 2,
-                                                  'qkv', qkv_bias, drop)
+                                                  'qkv', qkv_bias, drop, fixed_grid=True)
         else:
             self.attn = WindowAttention(embed_dims, num_heads, window_size, qkv_bias,
                                         attn_drop, drop)
