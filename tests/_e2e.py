@@ -84,6 +84,43 @@ def mim(*args, log_file, **kwargs):
     return run([sys.executable, '-m', 'mim', *args], log_file, **kwargs)
 
 
+def tool_script(package, name):
+    """The codebase's ``tools/<name>.py`` as `mim` finds it (``<package>/.mim/tools``)."""
+    import importlib.util
+    pkg = importlib.util.find_spec(package).submodule_search_locations[0]
+    script = osp.join(pkg, '.mim', 'tools', f'{name}.py')
+    return script if osp.isfile(script) else osp.join(pkg, 'tools', f'{name}.py')
+
+
+def train_py(package, *args, log_file, **kwargs):
+    """``<package>/tools/train.py ... --launcher none``: the command `mim train` starts,
+    without the interpreter `mim` itself needs and the one it starts for ``train.py -h``
+    (~6 s of a core), where `mim` is not what a test is about (`mim train` itself is
+    tested by the shared runs)."""
+    return run([sys.executable, tool_script(package, 'train'), *args, '--launcher', 'none'],
+               log_file, **kwargs)
+
+
+def runner_test(cfg_file, checkpoint, work_dir, out=None):
+    """What mmdet's ``tools/test.py CONFIG CHECKPOINT --work-dir W [--out PKL]`` runs, in
+    this process: a real mmengine Runner from the config, ``load_from`` the checkpoint,
+    its test loop (``--out``: mmdet's DumpDetResults). The metrics it returns are also
+    logged to ``work_dir`` (:func:`eval_metrics`)."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(cfg_file)
+    cfg.work_dir, cfg.load_from = work_dir, checkpoint
+    # a visualizer of its own: the configs name theirs 'visualizer', and mmengine hands a
+    # later Runner of this process the instance of that name, which writes into the
+    # first Runner's log directory
+    cfg.visualizer.name = f'runner_test:{work_dir}'
+    runner = Runner.from_cfg(cfg)
+    if out is not None:
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=out))
+    return runner.test()
+
+
 class Background:
     """A command started from the repository root without waiting for it, in a process
     group of its own (a SIGKILL then reaches ``mim`` and the training process it starts),
@@ -328,7 +365,6 @@ def helper_env() -> dict:
 
 # ------------------------------------------------------------- mmdeploy -> ONNX Runtime
 MMDEPLOY_TOOL = osp.join(ROOT, 'tools', 'mmdeploy_ort.py')
-EXPORT = osp.join(ROOT, 'tools', 'export_onnx.py')
 TINY_AP_DIFF = 0.05  # AP gate of the tiny detectors (see deploy_to_ort_and_check)
 
 

@@ -213,10 +213,11 @@ def det_swin_cfg(e2e_dir, coco_root):
 
 @pytest.fixture(scope='session')
 def det_swin_trained(e2e_dir, det_swin_cfg):
-    """One `mim train mmdet` of ``det_swin_cfg``: its work_dir and last checkpoint."""
+    """One training run (mmdet's ``tools/train.py``, what `mim train mmdet` starts) of
+    ``det_swin_cfg``: its work_dir and last checkpoint."""
     import _e2e as e
     work_dir = os.path.join(e2e_dir, 'work_det_swin')
-    e.mim('train', 'mmdet', det_swin_cfg, '--work-dir', work_dir,
-          log_file=os.path.join(e2e_dir, 'train_det_swin.log'))
+    e.train_py('mmdet', det_swin_cfg, '--work-dir', work_dir,
+               log_file=os.path.join(e2e_dir, 'train_det_swin.log'))
     return dict(cfg=det_swin_cfg, work_dir=work_dir,
                 ckpt=os.path.join(work_dir, f'iter_{e.TRAIN_ITERS}.pth'))

@@ -9,6 +9,12 @@ form in eval runs the modules that the train-mode case already takes through AOT
 so it is captured by dynamo alone (the ``eager`` backend: graph breaks show there; a
 third of the time). What inductor costs and gains is measured by
 ``tools/benchmark.py --compile``.
+
+Tracing time grows with the number of blocks, so each family is one model holding every
+kind of block it has: the mini SLAB-PVT with SLA in stages 1-2 and spatial-reduction
+softmax attention in 3-4 (PVT-PRepBN's), and the mini SLAB-Swin with the fewest blocks
+that still hold every kind Swin has (``SWIN_DEPTHS``: stage 1 a plain and a shifted SLA
+block, stage 3 a plain and a shifted window-softmax block: Swin-PRepBN's).
 """
 import _mini
 import pytest
@@ -24,11 +30,14 @@ OUT_TOL = float32_tol(512, layers=8)
 GRAD_TOL = float32_tol(512, layers=16)
 
 BACKEND = 'aot_eager'
+SWIN_DEPTHS = [2, 1, 2, 1]  # SLAB-Swin 'LLSS': SLA plain + shifted, softmax plain + shifted
 
 
-def _build(name: str, deploy: bool) -> torch.nn.Module:
+def _build(name: str, deploy: bool, **overrides) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = _mini.mini_backbone(name, drop_path_rate=0.0, norm_eval=False)
+    if 'swin' in name:
+        overrides.setdefault('depths', SWIN_DEPTHS)
+    model = _mini.mini_backbone(name, drop_path_rate=0.0, norm_eval=False, **overrides)
     model.init_weights()
     model.train()
     with torch.no_grad():  # non-trivial BatchNorm statistics before folding
@@ -45,11 +54,17 @@ def _compile(model: torch.nn.Module, backend: str = BACKEND) -> torch.nn.Module:
     return torch.compile(model, backend=backend, fullgraph=True)
 
 
+# one PVT with both attentions (SLA in stages 1-2, spatial-reduction softmax in 3-4), as
+# SLAB-Swin has (SLA, window softmax): the time of a capture grows with the blocks traced
+MIXED = [('slab_pvt', 'LLSS'), ('slab_swin', 'LLSS')]
+MIXED_IDS = ['pvt_LLSS', 'slab_swin']
+
+
 @pytest.mark.parametrize('deploy', [False, True], ids=['trained', 'deploy'])
-@pytest.mark.parametrize('name', _mini.MODELS)
-def test_compile_fullgraph_eval(name, deploy):
+@pytest.mark.parametrize('name,attn_types', MIXED, ids=MIXED_IDS)
+def test_compile_fullgraph_eval(name, attn_types, deploy):
     """Eval + no_grad (inference), on a size that needs padding (not a multiple of 32)."""
-    model = _build(name, deploy)
+    model = _build(name, deploy, attn_types=attn_types)
     x = torch.randn(2, 3, 75, 61)
     with torch.no_grad():
         ref = model(x)
@@ -59,12 +74,11 @@ def test_compile_fullgraph_eval(name, deploy):
         assert_rel_close(a, b, OUT_TOL)
 
 
-@pytest.mark.parametrize('name', ['slab_pvt', 'pvt_prepbn', 'slab_swin'])
-def test_compile_fullgraph_train(name):
+@pytest.mark.parametrize('name,attn_types', MIXED, ids=MIXED_IDS)
+def test_compile_fullgraph_train(name, attn_types):
     """Train mode mid-schedule (lam = 0.5: LayerNorm and RepBN both run, batch statistics):
-    compiled forward and backward equal eager. (SLAB-Swin's stages 3-4 are Swin-PRepBN's
-    softmax window attention: Swin-PRepBN is compiled in eval only.)"""
-    model = _build(name, deploy=False)
+    compiled forward and backward equal eager."""
+    model = _build(name, deploy=False, attn_types=attn_types)
     model.train()
     assert set_prepbn_lam(model, 0.5) > 0
     x = torch.randn(2, 3, 64, 80)

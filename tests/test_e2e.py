@@ -6,10 +6,12 @@ SLAB-PVT, 8 train / 4 val images of 128 px from :mod:`mmslab.datasets.synthetic`
 PRepBNHook r0=1 decaying over 0.8 of the run, validation and a checkpoint after every
 epoch) serves every test here, so they share one module (one pytest-xdist worker): `mim
 test` (CocoMetric, and the test of the last checkpoint equals the logged validation),
-`mim train --resume`, `tools/deploy.py` + `mim test` of the folded detector, the
+``train.py --resume``, `tools/deploy.py` + a test of the folded detector, the
 mid-schedule checkpoint (LayerNorm and RepBN mixed) tested as it was validated and refused
-by the fold, and mmdeploy -> ONNX Runtime. Nothing is mocked: real mmengine Runners in
-subprocesses, real mmdet models, pycocotools, real checkpoint files. Accuracy is *not*
+by the fold, and mmdeploy -> ONNX Runtime. Nothing is mocked: real mmengine Runners (the
+commands in subprocesses; the tests of the folded and the mid-schedule checkpoint are
+mmdet's test loop in this process, ``_e2e.runner_test``: `mim test` is the first test's),
+real mmdet models, pycocotools, real checkpoint files. Accuracy is *not*
 asserted (a few iterations from scratch): metrics must exist and lie in their range;
 deploy / resume / the mid-schedule test are checked exactly. The mmdeploy check
 (``_e2e.deploy_to_ort_and_check``): the conversion is exact (ONNX Runtime against the same
@@ -18,19 +20,17 @@ labels and detection counts), box and mask AP of ONNX Runtime within 0.05 of PyT
 (near-random detections; the 0.01 target is measured on the trained demo, README), and
 the exported backbone (``tools/export_onnx.py --config``) at another size.
 """
-import os
 import os.path as osp
 import pickle
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from _e2e import (CLASSES, DEPLOY, EXPORT, ITERS_PER_EPOCH, METRIC_KEYS, NUM_VAL, PVT_MINI,
-                  ROOT, RUN_EPOCHS, RUN_ITERS, check_coco_metrics, check_training_log,
-                  deploy_to_ort_and_check, eval_metrics, helper_env, load_ckpt, mim, run,
-                  run_lam, text_log, write_config)
+from _e2e import (CLASSES, DEPLOY, ITERS_PER_EPOCH, METRIC_KEYS, NUM_VAL, PVT_MINI,
+                  RUN_EPOCHS, RUN_ITERS, check_coco_metrics, check_training_log,
+                  deploy_to_ort_and_check, helper_env, load_ckpt, run, run_lam,
+                  runner_test, text_log, train_py, write_config)
 
 
 @pytest.mark.slow
@@ -67,8 +67,9 @@ def test_mim_train_test_mask_rcnn_slab_pvt(det_pvt_run, det_pvt_tested):
 
 @pytest.mark.slow
 def test_mim_train_resume(e2e_dir, det_pvt_run):
-    """`mim train --resume <ckpt>` with one more epoch continues the run at the saved
-    iteration: model, AdamW state, LR schedule, message hub and the PRepBN schedule."""
+    """``train.py --resume <ckpt>`` (what `mim train ... --resume <ckpt>` starts) with one
+    more epoch continues the run at the saved iteration: model, AdamW state, LR schedule,
+    message hub and the PRepBN schedule."""
     epochs = RUN_EPOCHS + 1
     more = epochs * ITERS_PER_EPOCH
     cfg = write_config(
@@ -77,8 +78,8 @@ def test_mim_train_resume(e2e_dir, det_pvt_run):
         """, max_epochs=epochs)
     work_dir = osp.join(e2e_dir, 'work_det_pvt_resume')
     src = det_pvt_run['ckpt']
-    mim('train', 'mmdet', cfg, '--work-dir', work_dir, '--resume', src,
-        log_file=osp.join(e2e_dir, 'resume_det_pvt.log'), env=helper_env())
+    train_py('mmdet', cfg, '--work-dir', work_dir, '--resume', src,
+             log_file=osp.join(e2e_dir, 'resume_det_pvt.log'), env=helper_env())
     log = text_log(work_dir)
     assert f'Load checkpoint from {src}' in log
     assert f'resumed epoch: {RUN_EPOCHS}, iter: {RUN_ITERS}' in log
@@ -104,8 +105,9 @@ def test_mim_train_resume(e2e_dir, det_pvt_run):
 
 @pytest.mark.slow
 def test_deploy_folded_detector_same_coco_ap(e2e_dir, det_pvt_run, det_pvt_tested):
-    """`tools/deploy.py` folds the trained detector; `mim test` of the written
-    `<stem>_config.py` + folded checkpoint gives the unfolded model's AP and detections."""
+    """`tools/deploy.py` folds the trained detector; the written `<stem>_config.py` +
+    folded checkpoint (mmdet's test loop, in a Runner here) gives the unfolded model's AP
+    and detections."""
     out_dir = osp.join(e2e_dir, 'deploy')
     folded = osp.join(out_dir, 'slab_pvt_mini_folded.pth')
     folded_cfg = osp.join(out_dir, 'slab_pvt_mini_folded_config.py')
@@ -124,13 +126,13 @@ def test_deploy_folded_detector_same_coco_ap(e2e_dir, det_pvt_run, det_pvt_teste
 
     work_dir = osp.join(e2e_dir, 'test_det_pvt_folded')
     preds_file = osp.join(work_dir, 'preds.pkl')
-    out, _ = mim('test', 'mmdet', folded_cfg, '--checkpoint', folded, '--work-dir', work_dir,
-                 '--out', preds_file, log_file=osp.join(e2e_dir, 'test_det_pvt_folded.log'),
-                 env=helper_env())
+    metrics = runner_test(folded_cfg, folded, work_dir, out=preds_file)
     # the deploy=True model took every key of the folded file
+    out = text_log(work_dir)
+    assert 'Load checkpoint from' in out
     assert 'missing keys in source state_dict' not in out
     assert 'unexpected key in source state_dict' not in out
-    metrics, ref = eval_metrics(work_dir), det_pvt_tested['metrics']
+    ref = det_pvt_tested['metrics']
     check_coco_metrics(metrics)
     for task in ('bbox', 'segm'):
         for k in ('mAP', 'mAP_50', 'mAP_75'):
@@ -158,10 +160,10 @@ def test_deploy_folded_detector_same_coco_ap(e2e_dir, det_pvt_run, det_pvt_teste
 
 
 @pytest.mark.slow
-def test_mid_schedule_checkpoint_tests_as_validated(e2e_dir, det_pvt_run):
-    """`mim test` of the epoch-1 checkpoint (lam = 0.6875) reproduces the validation the
-    run logged after epoch 1 (AP and the prediction checksum) and holds that lam;
-    `tools/deploy.py` refuses to fold it and says why."""
+def test_mid_schedule_checkpoint_tests_as_validated(e2e_dir, det_pvt_run, load_tool):
+    """Testing the epoch-1 checkpoint (lam = 0.6875; mmdet's test loop in a Runner here)
+    reproduces the validation the run logged after epoch 1 (AP and the prediction
+    checksum) and holds that lam; `tools/deploy.py` refuses to fold it and says why."""
     records = det_pvt_run['records']
     train = [r for r in records if 'loss' in r]
     assert len(train) == RUN_ITERS
@@ -184,9 +186,7 @@ def test_mid_schedule_checkpoint_tests_as_validated(e2e_dir, det_pvt_run):
         'backbone.stages.0.patch_embed.norm.lam']) == 0.0  # the schedule ended at RepBN
 
     test_dir = osp.join(e2e_dir, 'test_det_pvt_epoch1')
-    mim('test', 'mmdet', det_pvt_run['cfg'], '--checkpoint', ckpt_file, '--work-dir', test_dir,
-        log_file=osp.join(e2e_dir, 'test_det_pvt_epoch1.log'), env=helper_env())
-    tested = eval_metrics(test_dir)
+    tested = runner_test(det_pvt_run['cfg'], ckpt_file, test_dir)
     check_coco_metrics(tested)
     logged = val[epoch]
     assert tested['checksum/num'] > 0 and tested['checksum/scores'] > 0
@@ -197,27 +197,26 @@ def test_mid_schedule_checkpoint_tests_as_validated(e2e_dir, det_pvt_run):
                                                                rel=1e-6)
 
     # deploy refuses the mid-schedule checkpoint, with the reason and the way out
+    # (tools/deploy.py's main() in this process; its command line: the test above)
     out = osp.join(e2e_dir, 'deploy_epoch1', 'folded.pth')
-    proc = subprocess.run([sys.executable, DEPLOY, det_pvt_run['cfg'], ckpt_file, out],
-                          cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, **helper_env()), timeout=300)
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    msg = proc.stderr
-    assert 'cannot fold a PRepBN with lam=0.6875' in msg, msg[-3000:]
-    assert 'LayerNorm' in msg and 'lam = 0' in msg, msg[-3000:]
+    with pytest.raises(ValueError, match='cannot fold a PRepBN with lam=0.6875') as err:
+        load_tool('deploy').main([det_pvt_run['cfg'], ckpt_file, out])
+    msg = str(err.value)
+    assert 'LayerNorm' in msg and 'lam = 0' in msg, msg
     assert not osp.exists(out)
 
 
 @pytest.mark.slow
-def test_mmdeploy_ort_slab_pvt_mask_rcnn(e2e_dir, det_pvt_run):
+def test_mmdeploy_ort_slab_pvt_mask_rcnn(e2e_dir, det_pvt_run, load_tool, capsys):
     work = e2e_dir
     report = deploy_to_ort_and_check(work, 'pvt', det_pvt_run['cfg'], det_pvt_run['ckpt'])
-    # the folded detector's backbone alone, through tools/export_onnx.py --config
+    # the folded detector's backbone alone, through tools/export_onnx.py --config (its
+    # main() in this process; the dynamo exporter: tests/test_onnx.py)
     out = osp.join(work, 'pvt_backbone.onnx')
-    text, _ = run([sys.executable, EXPORT, out, '--config', report['folded_config'],
-                   '--checkpoint', report['folded_checkpoint'], '--shape', '1x3x128x128',
-                   '--exporter', 'torchscript'],  # (the dynamo exporter: tests/test_onnx.py)
-                  osp.join(work, 'export_pvt_backbone.log'), env=helper_env())
+    capsys.readouterr()
+    assert load_tool('export_onnx').main([
+        out, '--config', report['folded_config'], '--checkpoint', report['folded_checkpoint'],
+        '--shape', '1x3x128x128', '--exporter', 'torchscript']) == 0
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
     assert 'passed' in text and 'TorchScript exporter' in text and osp.isfile(out)
-
-

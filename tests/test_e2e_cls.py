@@ -9,12 +9,12 @@ the widths and depths (tests/_mini.py's minis, SLAB-Swin's with one block per st
 PRepBNHook's iterations (LayerNorm -> RepBN over the first half) overridden. One module
 fixture runs every process, overlapping the independent ones (one thread each):
 
-* `mim train mmpretrain` of each classifier from scratch: the runs the tests use;
+* `mim train mmpretrain` of SLAB-Swin from scratch, and of SLAB-PVT mmpretrain's
+  ``tools/train.py`` itself, the command `mim train` starts (`mim train` also runs
+  ``train.py -h`` first, to read its options: an interpreter that imports torch and
+  mmengine, ~5 s of a core, spared where `mim` itself is not what is tested);
 * SLAB-PVT (the cheaper) once more, SIGKILLed after a checkpoint and continued with
-  ``--resume``; it must end bit for bit where the uninterrupted `mim train` ended. These
-  two run mmpretrain's ``tools/train.py`` directly, the command `mim train` starts: `mim
-  train` also runs ``train.py -h`` first (to read its options), and each of the two
-  interpreters spared imports torch and mmengine (~5 s of a core);
+  ``--resume``; it must end bit for bit where the uninterrupted run ended;
 * `mim test mmpretrain` of the SLAB-Swin checkpoint.
 
 The tests then check top-1 well above chance (printed), the exact resume, that `mim test`
@@ -49,8 +49,8 @@ CLASSES = imagenet_classes(4)
 TRAIN_PER_CLASS, VAL_PER_CLASS = 32, 16
 BATCH = 8
 ITERS_PER_EPOCH = len(CLASSES) * TRAIN_PER_CLASS // BATCH  # 16
-EPOCHS = 6
-ITERS = EPOCHS * ITERS_PER_EPOCH  # 96
+EPOCHS = 4
+ITERS = EPOCHS * ITERS_PER_EPOCH  # 64
 DECAY = ITERS // 2  # PRepBNHook: LayerNorm -> RepBN over the first half
 CKPT_EPOCHS = 2  # SLAB-PVT checkpoints every 2 epochs (the kill and resume)
 KILL_AT = (CKPT_EPOCHS + 1, 4)  # SIGKILL after this (epoch, iteration) is logged
@@ -140,8 +140,7 @@ def cls_runs(tmp_path_factory):
     try:
         swin = start('train_swin', mim('train', 'mmpretrain', cfg['slab_swin'], '--work-dir',
                                        wd['slab_swin']))
-        pvt = start('train_pvt', mim('train', 'mmpretrain', cfg['slab_pvt'], '--work-dir',
-                                     wd['slab_pvt']))
+        pvt = start('train_pvt', train_py(cfg['slab_pvt'], '--work-dir', wd['slab_pvt']))
         killed = start('pvt_killed', train_py(cfg['slab_pvt'], '--work-dir', wd['pvt_killed']))
         killed_out = killed.kill_when(r'Epoch\(train\)\s*\[%d\]\[\s*%d/' % KILL_AT)
         with open(osp.join(wd['pvt_killed'], 'last_checkpoint')) as f:
@@ -180,7 +179,7 @@ def val_top1(records):
 
 
 def run_records(cls_runs, name):
-    """The json log records of the `mim train` run of ``name``."""
+    """The json log records of the uninterrupted training run of ``name``."""
     (records, ) = json_runs(cls_runs['wd'][name])
     return records
 
@@ -188,9 +187,9 @@ def run_records(cls_runs, name):
 @pytest.mark.slow
 @pytest.mark.parametrize('name', list(MODELS))
 def test_mim_train_classifier_learns(cls_runs, name):
-    """`mim train mmpretrain` from scratch with the PRepBN schedule: every iteration logged
+    """Training from scratch with the PRepBN schedule: every iteration logged
     with lam decaying from 1 (LayerNorm) to 0 (RepBN) over the first half, and top-1 well
-    above chance after 96 iterations; the checkpoint holds converged (lam = 0) PRepBNs."""
+    above chance after 64 iterations; the checkpoint holds converged (lam = 0) PRepBNs."""
     records = run_records(cls_runs, name)
     train = train_records(records)
     assert [r['iter'] for r in train] == list(range(1, ITERS + 1))
@@ -213,7 +212,7 @@ def test_mim_train_classifier_learns(cls_runs, name):
 @pytest.mark.slow
 def test_sigkill_and_resume_slab_pvt_is_the_uninterrupted_run(cls_runs):
     """SLAB-PVT SIGKILLed in epoch 3 (checkpoint of epoch 2 written) and resumed with
-    ``--resume`` ends exactly where the uninterrupted `mim train` run ends: the lam / loss /
+    ``--resume`` ends exactly where the uninterrupted run ends: the lam / loss /
     lr trajectory, the validation top-1, the weights (lam buffers, RepBN statistics) and
     the AdamW state, bit for bit."""
     wd = cls_runs['wd']
@@ -289,7 +288,7 @@ def build_classifier(cfg, checkpoint):
 @pytest.fixture(scope='module')
 def deployed(cls_runs):
     """``deployed(name)``: :func:`mmslab.deploy.deploy_checkpoint` (what `tools/deploy.py`
-    runs) on the `mim train` run's checkpoint and config, the trained and the folded
+    runs) on the training run's checkpoint and config, the trained and the folded
     classifier, and the preprocessed validation images with their labels. Made once per
     model."""
     from mmengine.runner import Runner
@@ -389,7 +388,7 @@ DETECTORS = {'slab_swin': 'mask_rcnn_slab_swin_t_1x.py', 'slab_pvt': 'mask_rcnn_
 @pytest.mark.slow
 @pytest.mark.parametrize('name', list(MODELS))
 def test_trained_classifier_initialises_the_detectors_backbone(cls_runs, name):
-    """Pretraining to detection: the `mim train mmpretrain` checkpoint of each classifier
+    """Pretraining to detection: the mmpretrain training checkpoint of each classifier
     initialises the backbone of the repository's Mask R-CNN config through its
     ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')``: every
     backbone weight the detector has is the classifier's (the classifier's final PRepBN,

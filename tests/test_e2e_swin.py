@@ -2,7 +2,8 @@
 
 The flagship Mask R-CNN + SLAB-Swin-T config with a mini SLAB-Swin, trained once
 (``det_swin_trained`` in conftest.py; its tests share this module, so one pytest-xdist
-worker), then `mim test` and mmdeploy -> ONNX Runtime (``_e2e.deploy_to_ort_and_check``);
+worker), then tested (mmdet's test loop in a Runner here) and taken through mmdeploy ->
+ONNX Runtime (``_e2e.deploy_to_ort_and_check``);
 the demo UperNet + SLAB-Swin through `mim train` / `mim test mmsegmentation` (mIoU); and a
 stock mmdet RetinaNet with only its backbone swapped (an in-process Runner). Nothing is
 mocked; accuracy is not asserted (a few iterations from scratch), metrics must exist and
@@ -14,13 +15,14 @@ import os.path as osp
 import pytest
 from _e2e import (CLASSES, DEMO_SEG, IMAGE_SIZE, SWIN_MINI, SWIN_MINI_CHANNELS, TRAIN_ITERS,
                   check_coco_metrics, check_training_log, deploy_to_ort_and_check,
-                  eval_metrics, load_ckpt, mim, write_config)
+                  eval_metrics, load_ckpt, mim, runner_test, write_config)
 
 
 @pytest.mark.slow
 def test_mim_train_test_mask_rcnn_slab_swin(e2e_dir, det_swin_trained):
     """The flagship Mask R-CNN + SLAB-Swin-T config with a mini SLAB-Swin, from scratch:
-    `mim train` + `mim test` -> box / mask AP."""
+    trained with mmdet's train.py, tested -> box / mask AP (`mim train` / `mim test mmdet`
+    themselves: the SLAB-PVT run, tests/test_e2e.py)."""
     cfg, work_dir = det_swin_trained['cfg'], det_swin_trained['work_dir']
     records = check_training_log(work_dir, 1, TRAIN_ITERS)
     assert all(r['prepbn_lam'] == 0.0 for r in records)  # r0=0: pure RepBN
@@ -29,10 +31,8 @@ def test_mim_train_test_mask_rcnn_slab_swin(e2e_dir, det_swin_trained):
     assert 'backbone.stages.3.blocks.1.attn.relative_position_bias_table' in ckpt['state_dict']
 
     test_dir = osp.join(e2e_dir, 'test_det_swin')
-    out, _ = mim('test', 'mmdet', cfg, '--checkpoint', det_swin_trained['ckpt'],
-                 '--work-dir', test_dir, log_file=osp.join(e2e_dir, 'test_det_swin.log'))
-    check_coco_metrics(eval_metrics(test_dir))
-    assert 'segm_mAP_copypaste' in out
+    metrics = runner_test(cfg, det_swin_trained['ckpt'], test_dir)
+    check_coco_metrics(metrics)
 
 
 @pytest.mark.slow

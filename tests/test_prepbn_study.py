@@ -120,8 +120,8 @@ def test_cli_rejects_a_missing_base_config(tmp_path, capsys) -> None:
 
 @pytest.mark.slow
 def test_study_end_to_end(tmp_path) -> None:
-    """A tiny study: one variant, one seed, `mim train` with validation at the end, then
-    BN recalibration (tools/recalibrate_bn.py) and its test (`mim test`); a rerun resumes
+    """A tiny study: one variant, one seed, mmdet's train.py with validation at the end,
+    then BN recalibration (tools/recalibrate_bn.py) and its test (mmdet's test.py); a rerun resumes
     from the kept results (no training)."""
     argv = ['--work-dir', str(tmp_path), '--variants', 'prepbn_bn', '--seeds', '0',
             '--iters', '10', '--image-size', '64', '--num-train', '8', '--num-val', '4',

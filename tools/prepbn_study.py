@@ -7,7 +7,7 @@ AP (mean +- std over the seeds) and s/iteration.
     python tools/prepbn_study.py --variants prepbn_bn ln_kept --seeds 0 1 2 3
     python tools/prepbn_study.py --work-dir work_dirs/prepbn_study --table-only
 
-Every run is a `mim train mmdet` subprocess of configs/study/prepbn_study_base.py
+Every run is an mmdet ``tools/train.py`` subprocess (what `mim train mmdet` runs) of configs/study/prepbn_study_base.py
 changed for the variant (--base-config); finished runs are kept (<work-dir>/runs/
 <variant>_s<seed>/result.json): rerunning a command resumes an interrupted study.
 

@@ -123,11 +123,11 @@ class _Run:
                                self.log)
         self.log(f'device: {self.dev}; threads: {torch.get_num_threads()}; models: '
                  f'{", ".join(self.built)}')
-        n = gemm_size(self.dev)
+        n = gemm_size(self.dev, mini=o.mini)
         self.gemm.append(gemm_gflops(n, device=self.dev))
         for amp in dict.fromkeys(c.amp for c in o.cases):
             if AMP_DTYPES[amp] is not None:
-                self.gemm_amp[amp] = gemm_gflops(gemm_size(self.dev, half=True),
+                self.gemm_amp[amp] = gemm_gflops(gemm_size(self.dev, True, o.mini),
                                                  device=self.dev, dtype=AMP_DTYPES[amp])
         self.log(f'GEMM fp32 {n}^3: {self.gemm[0]:.1f} GFLOP/s' +
                  ''.join(f', {k}: {v:.1f}' for k, v in self.gemm_amp.items()))
@@ -138,7 +138,8 @@ class _Run:
     def result(self) -> BenchmarkResult:
         return BenchmarkResult(list(self.measurements), list(self.gemm),
                                torch.get_num_threads(), self.opts.repeat, self.opts.warmup,
-                               environment(self.dev), dict(self.missed), tuple(self.load),
+                               environment(self.dev, self.opts.mini), dict(self.missed),
+                               tuple(self.load),
                                str(self.dev), dict(self.gemm_amp), dict(self.failures))
 
     # ------------------------------------------------------------------------- a case
@@ -170,9 +171,10 @@ class _Run:
 
         self._warm_up(case, names, steps, meas, fail)
         self._timed_rounds(names, steps, meas, fail)
-        self.gemm.append(gemm_gflops(gemm_size(self.dev), device=self.dev))
+        n = gemm_size(self.dev, mini=self.opts.mini)
+        self.gemm.append(gemm_gflops(n, device=self.dev))
         self.load.append(os.getloadavg()[0])
-        self.log(f'GEMM fp32 {gemm_size(self.dev)}^3 after {case}: {self.gemm[-1]:.1f} '
+        self.log(f'GEMM fp32 {n}^3 after {case}: {self.gemm[-1]:.1f} '
                  f'GFLOP/s, load {self.load[-1]:.2f}')
         for name in list(names):
             self._untimed(case, name, steps[name], meas[name], x)

@@ -10,6 +10,7 @@ mask AP (CocoMetric on the val split, mean +- sample std over the seeds) and the
 time per iteration as a markdown table (:mod:`prepbn.table`).
 
 :mod:`prepbn.config` writes each run's config (the base config loaded and changed in
-Python), :mod:`prepbn.runs` runs it (``mim train mmdet``; BN recalibration with
-``tools/recalibrate_bn.py`` + ``mim test mmdet``) and keeps its result.
+Python), :mod:`prepbn.runs` runs it (mmdet's ``tools/train.py``, what `mim train mmdet`
+starts; BN recalibration with ``tools/recalibrate_bn.py`` + mmdet's ``tools/test.py``)
+and keeps its result.
 """
