@@ -25,7 +25,9 @@ memory. Here:
 * the MLP runs over chunks of tokens, so its ``mlp_ratio``-times wider hidden layer is a
   recycled temporary instead of a fresh full-size tensor;
 * Swin's pad + roll + partition (and the inverse) are one cached row gather each
-  (:func:`~.windows.window_gather_index`), and the window softmax runs in place.
+  (:func:`~.windows.window_gather_index`), of the block's input tokens (C channels, not
+  the 3C of q, k, v; the projection then writes the windows), and the window softmax
+  runs in place.
 
 The blocks here use only the attention interface (:class:`~.attention.TokenMixer`):
 ``project``, ``mix_inference`` (SLA's is :func:`sla_mix`, the window attention's
@@ -181,12 +183,16 @@ def swin_block(block: nn.Module, x: torch.Tensor, hw: HW,
     """:meth:`SLABSwinBlock.forward` (eval, no autograd, float32/64 CPU)."""
     b, n, c = x.shape
     ws, s = block.window_size, block.shift_size
-    qkv = block.attn.project(block.norm1(x)).reshape(b * n, 3 * c)
     gather, pad_pos, inverse = window_gather_index(hw[0], hw[1], ws, s, x.device)
-    windows = qkv.index_select(0, _batched(gather, b, n))
+    # the tokens are gathered into windows before the projection: a third of the bytes of
+    # gathering q, k, v, and the projection writes the windows itself (the padded rows,
+    # ~12 % more rows, are projected and then overwritten with the projection of a zero
+    # normalised token)
+    tokens = x.reshape(b * n, c).index_select(0, _batched(gather, b, n))
+    windows = block.attn.project(block.norm1(tokens))                    # (B*nW*ws*ws, 3C)
     if pad_pos.numel():
         pad = block.pad_value()
-        windows[_batched(pad_pos, b, gather.numel())] = 0 if pad is None else pad.to(qkv.dtype)
+        windows[_batched(pad_pos, b, gather.numel())] = 0 if pad is None else pad.to(x.dtype)
     windows = windows.view(-1, ws * ws, 3 * c)
     out = block.attn.mix_inference(windows, (ws, ws), mask if s else None)
     out = out.reshape(-1, c).index_select(0, _batched(inverse, b, gather.numel()))
