@@ -108,3 +108,30 @@ def test_fold_input_affine_is_exact(case):
         attn.fold_input_affine(scale, shift)
         out = attn(x, hw)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('deploy', [False, True], ids=['trained', 'deploy'])
+def test_chunked_windows_and_tokens_equal_the_reference(monkeypatch, deploy):
+    """The CPU path's chunks (SLA windows and MLP tokens, ``MLP_CHUNK`` elements each) made
+    small enough that every stage runs several, on a padded, shifted mini SLAB-Swin in
+    float64 and a batch of 2: the reference form's outputs."""
+    import _mini
+
+    from mmslab.models import cpu_inference
+    torch.manual_seed(0)
+    model = _mini.mini_backbone('slab_swin', window_sizes=(4, 4, 2, 2)).double()
+    model.init_weights()
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 96, dtype=torch.float64))  # BatchNorm statistics
+    model.eval()
+    if deploy:
+        model.switch_to_deploy()
+    x = torch.randn(2, 3, 75, 61, dtype=torch.float64)
+    monkeypatch.setattr(cpu_inference, 'MLP_CHUNK', 3 * 16 * 16 * 2)  # 2 stage-1 windows
+    with torch.no_grad():
+        with cpu_inference.enabled(False):
+            ref = model(x)
+        out = model(x)
+    for a, r in zip(out, ref):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)

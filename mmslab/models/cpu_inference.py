@@ -26,8 +26,8 @@ memory. Here:
   recycled temporary instead of a fresh full-size tensor;
 * Swin's pad + roll + partition (and the inverse) are one cached row gather each
   (:func:`~.windows.window_gather_index`), of the block's input tokens (C channels, not
-  the 3C of q, k, v; the projection then writes the windows), and the window softmax
-  runs in place.
+  the 3C of q, k, v; the projection then writes the windows); SLA's windows go through
+  in chunks like the MLP's tokens, and the window softmax runs in place.
 
 The blocks here use only the attention interface (:class:`~.attention.TokenMixer`):
 ``project``, ``mix_inference`` (SLA's is :func:`sla_mix`, the window attention's
@@ -180,21 +180,41 @@ def pvt_block(block: nn.Module, x: torch.Tensor, hw: HW) -> torch.Tensor:
 
 def swin_block(block: nn.Module, x: torch.Tensor, hw: HW,
                mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """:meth:`SLABSwinBlock.forward` (eval, no autograd, float32/64 CPU)."""
+    """:meth:`SLABSwinBlock.forward` (eval, no autograd, float32/64 CPU).
+
+    The tokens are gathered into windows before the projection (a third of the bytes of
+    gathering q, k, v, and the projection writes the windows; the padded rows, ~12 % more
+    rows, are projected and then overwritten with the projection of a zero normalised
+    token). Where the attention reads no shift mask (SLA), the windows go through in
+    chunks of ``MLP_CHUNK`` q/k/v elements, as the MLP does: SLAB-Swin-T's first stages
+    would otherwise map a fresh 87 / 43 MB q, k, v tensor per block at 800x1344."""
     b, n, c = x.shape
     ws, s = block.window_size, block.shift_size
     gather, pad_pos, inverse = window_gather_index(hw[0], hw[1], ws, s, x.device)
-    # the tokens are gathered into windows before the projection: a third of the bytes of
-    # gathering q, k, v, and the projection writes the windows itself (the padded rows,
-    # ~12 % more rows, are projected and then overwritten with the projection of a zero
-    # normalised token)
-    tokens = x.reshape(b * n, c).index_select(0, _batched(gather, b, n))
-    windows = block.attn.project(block.norm1(tokens))                    # (B*nW*ws*ws, 3C)
+    index, rows = _batched(gather, b, n), ws * ws
+    total = index.numel()                                                 # B*nW*ws*ws
+    padded = None
     if pad_pos.numel():
+        padded = torch.zeros(total, dtype=torch.bool, device=x.device)
+        padded[_batched(pad_pos, b, gather.numel())] = True
         pad = block.pad_value()
-        windows[_batched(pad_pos, b, gather.numel())] = 0 if pad is None else pad.to(x.dtype)
-    windows = windows.view(-1, ws * ws, 3 * c)
-    out = block.attn.mix_inference(windows, (ws, ws), mask if s else None)
-    out = out.reshape(-1, c).index_select(0, _batched(inverse, b, gather.numel()))
+        pad = 0 if pad is None else pad.to(x.dtype)
+    step = total if block.attn.uses_shift_mask else \
+        max(1, MLP_CHUNK // (3 * c * rows)) * rows                        # whole windows
+    tokens, out = x.reshape(b * n, c), None
+    for lo in range(0, total, step):
+        hi = min(total, lo + step)
+        windows = block.attn.project(block.norm1(tokens.index_select(0, index[lo:hi])))
+        if padded is not None:
+            windows[padded[lo:hi]] = pad
+        mixed = block.attn.mix_inference(windows.view(-1, rows, 3 * c), (ws, ws),
+                                         mask if s else None).reshape(-1, c)
+        if hi - lo == total:
+            out = mixed
+        else:
+            if out is None:
+                out = x.new_empty(total, c)
+            out[lo:hi] = mixed
+    out = out.index_select(0, _batched(inverse, b, gather.numel()))
     x = linear_residual(x, out.view(b, n, c), block.attn.proj)
     return mlp_residual(x, block.norm2, block.mlp)
