@@ -1,7 +1,4 @@
 """BN statistics recalibration: ``recalibrate_bn``, ``recalibrate_checkpoint`` and the CLI."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -17,8 +14,6 @@ import mmslab  # noqa: F401
 from mmslab.prepbn.recalibration import recalibrate_bn, recalibrate_checkpoint
 from mmslab.prepbn import RepBN
 
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
 
 STATS = ('running_mean', 'running_var', 'num_batches_tracked')
 # BatchNorm's float32 statistics (20 rows a batch, mean then variance) vs float64 ones
@@ -214,16 +209,15 @@ def test_recalibrate_checkpoint(config_and_checkpoint) -> None:
         assert torch.equal(value, state[key]), key
 
 
-def test_cli(config_and_checkpoint, tmp_path: Path) -> None:
+def test_cli(config_and_checkpoint, tmp_path: Path, load_tool, capsys) -> None:
+    """tools/recalibrate_bn.py's main() in this process (its command line runs as a
+    subprocess in the PRepBN study's end-to-end test, tests/test_prepbn_study.py)."""
     config, ckpt, model = config_and_checkpoint
     out = tmp_path / 'recal.pth'
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / 'tools' / 'recalibrate_bn.py'), str(config), str(ckpt),
-         '--iters', '2', '--out', str(out), '--cfg-options', 'train_dataloader.batch_size=8'],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == str(out)
+    capsys.readouterr()
+    load_tool('recalibrate_bn').main([str(config), str(ckpt), '--iters', '2', '--out', str(out),
+                                      '--cfg-options', 'train_dataloader.batch_size=8'])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)
     saved = torch.load(out, map_location='cpu', weights_only=False)
     recalibrate_bn(model, loader(batch_size=8), 2)
     for key, value in model.state_dict().items():
