@@ -24,7 +24,6 @@ top-1 unchanged) and the folded classifiers' logits in ONNX Runtime (TorchScript
 exporter). Nothing is mocked.
 """
 import copy
-import importlib.util
 import io
 import os
 import os.path as osp
@@ -35,7 +34,7 @@ import time
 import pytest
 import torch
 import torch.nn as nn
-from _e2e import Background, json_runs, load_ckpt, write_config
+from _e2e import Background, json_runs, load_ckpt, tool_script, write_config
 from _mini import mini_kwargs
 from _tolerance import EXACT, assert_rel_close, float32_tol
 from mmengine.config import Config
@@ -112,11 +111,7 @@ def mim(*args):
 
 def train_py(*args):
     """mmpretrain's ``tools/train.py`` as `mim train` runs it (where mim finds it)."""
-    pkg = importlib.util.find_spec('mmpretrain').submodule_search_locations[0]
-    script = osp.join(pkg, '.mim', 'tools', 'train.py')
-    if not osp.isfile(script):
-        script = osp.join(pkg, 'tools', 'train.py')
-    return [sys.executable, script, *args, '--launcher', 'none']
+    return [sys.executable, tool_script('mmpretrain', 'train'), *args, '--launcher', 'none']
 
 
 @pytest.fixture(scope='module')

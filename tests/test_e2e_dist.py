@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 from _e2e import (IMAGE_SIZE, NUM_TRAIN, PVT_MINI, SWIN_MINI, TESTS, free_port, load_ckpt,
-                  run, write_config)
+                  run, tool_script, write_config)
 from _tolerance import assert_rel_close, float32_tol
 
 
@@ -81,10 +81,9 @@ def test_distributed_two_process_training(e2e_dir, det_pvt_cfg):
     gloo on CPU) train the mini detector with the PRepBN setting of every full config
     (PRepBNHook r0=0: pure RepBN, per-process BatchNorm); both ranks end with identical
     parameters after seeing different images."""
-    import mmdet
     from mmengine.config import Config
 
-    train_script = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py')
+    train_script = tool_script('mmdet', 'train')
     assert osp.isfile(train_script)
     # What mmengine would build without model_wrapper_cfg -- MMDistributedDataParallel
     # with broadcast_buffers=False and the config's find_unused_parameters -- except

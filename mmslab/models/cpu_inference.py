@@ -190,13 +190,11 @@ def swin_block(block: nn.Module, x: torch.Tensor, hw: HW,
     would otherwise map a fresh 87 / 43 MB q, k, v tensor per block at 800x1344."""
     b, n, c = x.shape
     ws, s = block.window_size, block.shift_size
-    gather, pad_pos, inverse = window_gather_index(hw[0], hw[1], ws, s, x.device)
+    gather, padded, inverse = window_gather_index(hw[0], hw[1], ws, s, x.device)
     index, rows = _batched(gather, b, n), ws * ws
     total = index.numel()                                                 # B*nW*ws*ws
-    padded = None
-    if pad_pos.numel():
-        padded = torch.zeros(total, dtype=torch.bool, device=x.device)
-        padded[_batched(pad_pos, b, gather.numel())] = True
+    if padded is not None:
+        padded = padded.repeat(b)
         pad = block.pad_value()
         pad = 0 if pad is None else pad.to(x.dtype)
     step = total if block.attn.uses_shift_mask else \

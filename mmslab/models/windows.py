@@ -88,9 +88,9 @@ def window_gather_index(h: int, w: int, ws: int, shift: int,
                         device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`window_index` for Python ints, cached (the CPU inference path's form).
 
-    Returns ``(gather, pad, inverse)``: ``pad`` lists the windowed positions that are
-    padding (their ``gather`` is 0).
+    Returns ``(gather, padded, inverse)``: ``padded`` marks the windowed positions that
+    are padding (their ``gather`` is 0), or is None where nothing is padded.
     """
     with torch.inference_mode(False):  # cached: must not be inference tensors
         gather, valid, inverse = window_index(h, w, ws, shift, device)
-        return gather, (~valid).nonzero().flatten(), inverse
+        return gather, None if bool(valid.all()) else ~valid, inverse

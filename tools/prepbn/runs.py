@@ -3,8 +3,8 @@ validation at its end) with mmdet's ``tools/train.py``; BN recalibration with
 ``tools/recalibrate_bn.py`` and its test with mmdet's ``tools/test.py``. (Those are the
 commands `mim train mmdet` / `mim test mmdet` start; run directly, each run spares the
 interpreters of `mim` and of the ``train.py -h`` it runs first, ~6 s of a core.) A
-finished run keeps its result in ``<work_dir>/runs/<variant>_s<seed>[/recal<N>]/result.json``; a rerun
-returns it (``force`` redoes it), so an interrupted study resumes where it stopped."""
+finished run keeps its result in ``<work_dir>/runs/<variant>_s<seed>[/recal<N>]/
+result.json``; a rerun returns it (``force`` redoes it), so an interrupted study resumes where it stopped."""
 import glob
 import importlib.util
 import json
