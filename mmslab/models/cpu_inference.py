@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..validation import check_bool
-from .windows import window_gather_index
+from .windows import batched_index, window_gather_index
 
 HW = Tuple[int, int]
 
@@ -162,13 +162,6 @@ def window_softmax_mix(attn: nn.Module, qkv: torch.Tensor,
     return out.reshape(bw, heads, n, d).transpose(1, 2).reshape(bw, n, attn.embed_dims)
 
 
-def _batched(index: torch.Tensor, b: int, n: int) -> torch.Tensor:
-    """``index`` into each of ``b`` stacked length-``n`` sequences (rows of a flat tensor)."""
-    if b == 1:
-        return index
-    return (torch.arange(b, device=index.device).unsqueeze(1) * n + index).flatten()
-
-
 # ------------------------------------------------------------------------ blocks
 def pvt_block(block: nn.Module, x: torch.Tensor, hw: HW) -> torch.Tensor:
     """:meth:`SLABPVTBlock.forward` (eval, no autograd, float32/64 CPU)."""
@@ -191,7 +184,7 @@ def swin_block(block: nn.Module, x: torch.Tensor, hw: HW,
     b, n, c = x.shape
     ws, s = block.window_size, block.shift_size
     gather, padded, inverse = window_gather_index(hw[0], hw[1], ws, s, x.device)
-    index, rows = _batched(gather, b, n), ws * ws
+    index, rows = batched_index(gather, b, n), ws * ws
     total = index.numel()                                                 # B*nW*ws*ws
     if padded is not None:
         padded = padded.repeat(b)
@@ -213,6 +206,6 @@ def swin_block(block: nn.Module, x: torch.Tensor, hw: HW,
             if out is None:
                 out = x.new_empty(total, c)
             out[lo:hi] = mixed
-    out = out.index_select(0, _batched(inverse, b, gather.numel()))
+    out = out.index_select(0, batched_index(inverse, b, gather.numel()))
     x = linear_residual(x, out.view(b, n, c), block.attn.proj)
     return mlp_residual(x, block.norm2, block.mlp)
