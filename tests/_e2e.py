@@ -22,6 +22,7 @@ import time
 import torch
 
 from _mini import mini_kwargs
+from prepbn.runs import codebase_script
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(ROOT, 'tests')
@@ -84,20 +85,12 @@ def mim(*args, log_file, **kwargs):
     return run([sys.executable, '-m', 'mim', *args], log_file, **kwargs)
 
 
-def tool_script(package, name):
-    """The codebase's ``tools/<name>.py`` as `mim` finds it (``<package>/.mim/tools``)."""
-    import importlib.util
-    pkg = importlib.util.find_spec(package).submodule_search_locations[0]
-    script = osp.join(pkg, '.mim', 'tools', f'{name}.py')
-    return script if osp.isfile(script) else osp.join(pkg, 'tools', f'{name}.py')
-
-
 def train_py(package, *args, log_file, **kwargs):
     """``<package>/tools/train.py ... --launcher none``: the command `mim train` starts,
     without the interpreter `mim` itself needs and the one it starts for ``train.py -h``
     (~6 s of a core), where `mim` is not what a test is about (`mim train` itself is
     tested by the shared runs)."""
-    return run([sys.executable, tool_script(package, 'train'), *args, '--launcher', 'none'],
+    return run([sys.executable, codebase_script(package, 'train'), *args, '--launcher', 'none'],
                log_file, **kwargs)
 
 

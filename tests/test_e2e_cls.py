@@ -34,7 +34,7 @@ import time
 import pytest
 import torch
 import torch.nn as nn
-from _e2e import Background, json_runs, load_ckpt, tool_script, write_config
+from _e2e import Background, codebase_script, json_runs, load_ckpt, write_config
 from _mini import mini_kwargs
 from _tolerance import EXACT, assert_rel_close, float32_tol
 from mmengine.config import Config
@@ -111,7 +111,8 @@ def mim(*args):
 
 def train_py(*args):
     """mmpretrain's ``tools/train.py`` as `mim train` runs it (where mim finds it)."""
-    return [sys.executable, tool_script('mmpretrain', 'train'), *args, '--launcher', 'none']
+    return [sys.executable, codebase_script('mmpretrain', 'train'), *args,
+            '--launcher', 'none']
 
 
 @pytest.fixture(scope='module')

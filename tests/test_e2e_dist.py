@@ -10,8 +10,8 @@ import sys
 
 import pytest
 import torch
-from _e2e import (IMAGE_SIZE, NUM_TRAIN, PVT_MINI, SWIN_MINI, TESTS, free_port, load_ckpt,
-                  run, tool_script, write_config)
+from _e2e import (IMAGE_SIZE, NUM_TRAIN, PVT_MINI, SWIN_MINI, TESTS, codebase_script,
+                  free_port, load_ckpt, run, write_config)
 from _tolerance import assert_rel_close, float32_tol
 
 
@@ -83,7 +83,7 @@ def test_distributed_two_process_training(e2e_dir, det_pvt_cfg):
     parameters after seeing different images."""
     from mmengine.config import Config
 
-    train_script = tool_script('mmdet', 'train')
+    train_script = codebase_script('mmdet', 'train')
     assert osp.isfile(train_script)
     # What mmengine would build without model_wrapper_cfg -- MMDistributedDataParallel
     # with broadcast_buffers=False and the config's find_unused_parameters -- except

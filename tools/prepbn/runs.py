@@ -4,7 +4,8 @@ validation at its end) with mmdet's ``tools/train.py``; BN recalibration with
 commands `mim train mmdet` / `mim test mmdet` start; run directly, each run spares the
 interpreters of `mim` and of the ``train.py -h`` it runs first, ~6 s of a core.) A
 finished run keeps its result in ``<work_dir>/runs/<variant>_s<seed>[/recal<N>]/
-result.json``; a rerun returns it (``force`` redoes it), so an interrupted study resumes where it stopped."""
+result.json``; a rerun returns it (``force`` redoes it), so an interrupted study resumes
+where it stopped."""
 import glob
 import importlib.util
 import json
@@ -24,13 +25,12 @@ TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
 REPO = osp.dirname(TOOLS)
 
 
-def mmdet_tool(name: str) -> List[str]:
-    """The command of mmdet's ``tools/<name>.py`` as `mim` finds and starts it."""
-    pkg = importlib.util.find_spec('mmdet').submodule_search_locations[0]
+def codebase_script(package: str, name: str) -> str:
+    """An OpenMMLab codebase's ``tools/<name>.py`` as `mim` finds it (``<package>/.mim/
+    tools``, else ``<package>/tools``)."""
+    pkg = importlib.util.find_spec(package).submodule_search_locations[0]
     script = osp.join(pkg, '.mim', 'tools', f'{name}.py')
-    if not osp.isfile(script):
-        script = osp.join(pkg, 'tools', f'{name}.py')
-    return [sys.executable, script]
+    return script if osp.isfile(script) else osp.join(pkg, 'tools', f'{name}.py')
 
 
 def run_logged(cmd: Sequence[str], log_file: str, threads: int) -> float:
@@ -91,8 +91,8 @@ def train_one(work_root: str, base_config: str, variant: str, seed: int, data_ro
     cfg = write_config(osp.join(run_dir, 'config.py'), base_config, variant, seed, data_root,
                        image_size, iters, batch_size)
     work_dir = osp.join(run_dir, 'work')
-    wall = run_logged(mmdet_tool('train') + [cfg, '--work-dir', work_dir, '--launcher', 'none'],
-                      osp.join(run_dir, 'train.log'), threads)
+    wall = run_logged([sys.executable, codebase_script('mmdet', 'train'), cfg, '--work-dir',
+                       work_dir, '--launcher', 'none'], osp.join(run_dir, 'train.log'), threads)
     records = json_log(work_dir)
     train = [r for r in records if 'loss' in r]
     val = [r for r in records if 'coco/bbox_mAP' in r]
@@ -127,8 +127,8 @@ def recal_one(work_root: str, base: dict, iters: int, threads: int,
                        '--cfg-options', f'work_dir={osp.join(run_dir, "recal")}'],
                       osp.join(run_dir, 'recal.log'), threads)
     test_dir = osp.join(run_dir, 'test')
-    wall += run_logged(mmdet_tool('test') + [base['config'], recalibrated, '--work-dir',
-                                             test_dir, '--launcher', 'none'],
+    wall += run_logged([sys.executable, codebase_script('mmdet', 'test'), base['config'],
+                        recalibrated, '--work-dir', test_dir, '--launcher', 'none'],
                        osp.join(run_dir, 'test.log'), threads)
     metrics = test_metrics(test_dir)
     result = dict(base, variant=f'{base["variant"]}+recal{iters}', recal_iters=iters,
