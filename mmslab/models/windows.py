@@ -15,7 +15,7 @@ function serves the reference form (computed per call, sizes may be symbolic) an
 inference path (:func:`window_gather_index`, cached per size).
 """
 from functools import lru_cache
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -85,7 +85,8 @@ def shift_window_mask(hp, wp, ws: int, shift: int, device: torch.device,
 
 @lru_cache(maxsize=32)
 def window_gather_index(h: int, w: int, ws: int, shift: int,
-                        device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        device: torch.device
+                        ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
     """:func:`window_index` for Python ints, cached (the CPU inference path's form).
 
     Returns ``(gather, padded, inverse)``: ``padded`` marks the windowed positions that
