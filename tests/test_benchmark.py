@@ -39,7 +39,9 @@ def test_benchmark_smoke(tmp_path):
     for label in MODELS.values():
         assert f'| {label} | 64x64 |' in text
     assert all(m.macs and m.macs > 0 and m.peak_bytes is not None and len(m.times) == 1
-               for m in res.measurements)
+               and len(m.faults) == 1 and m.faults_per_call >= 0 for m in res.measurements)
+    assert '| peak RSS growth MB | page faults |' in text
+    assert 'allocator: glibc' in text.splitlines()[0] and ', as launched' in text
     assert '| SLAB-PVT-T classifier deploy | 64x64 | 1 | eval fp32 |' in text
     assert res.stock(res.get('slab_pvt_t_cls_deploy', res.measurements[0].case)).model == \
         'swin_t_cls'  # the classifiers' stock twin: mmpretrain's Swin-T classifier
@@ -323,3 +325,40 @@ def test_sla_macs_are_counted():
                 + heads * n * d * (d + 1)        # q [k^T v | k^T 1]
                 + n * c * 25)                    # depthwise 5x5
     assert macs == expected and not missed
+
+
+RETAIN_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from bench import allocator
+def refault():
+    a = torch.empty(16 << 20)          # 64 MiB: above glibc's mmap threshold
+    a.fill_(1.0)
+    del a
+    before = allocator.minor_faults()
+    b = torch.empty(15 << 20)          # 60 MiB: fits where the freed block was
+    b.fill_(2.0)
+    return allocator.minor_faults() - before
+default = refault()
+allocator.retain_freed_memory()
+print(default, refault(), allocator.describe())
+"""
+
+
+def test_allocator_retain_removes_the_page_faults_of_freed_memory():
+    """glibc maps a 64 MiB block afresh and unmaps it on free: a 60 MiB tensor allocated
+    next faults its pages in; after --allocator retain's mallopt the process reuses
+    the freed block without page faults, and the report's header says so. A fresh
+    interpreter: the setting holds for the rest of a process."""
+    import subprocess
+    from bench.allocator import glibc_version
+    if glibc_version() is None:
+        pytest.skip('--allocator retain is glibc-only; this C library is not glibc')
+    out = subprocess.run([sys.executable, '-c', RETAIN_PROBE, osp.join(ROOT, 'tools')],
+                         capture_output=True, text=True, check=True).stdout.split(maxsplit=2)
+    default, retained, describe = int(out[0]), int(out[1]), out[2]
+    # 15360 faults of 4 KiB pages (a few dozen where transparent huge pages are 'always')
+    assert default >= 20, default
+    assert retained <= min(200, default // 20), (default, retained)
+    assert 'freed memory retained (--allocator retain)' in describe

@@ -13,8 +13,9 @@ step; batch 1 and 2 at 800x1344, batch 16 at 512x512, batch 1 at 1600x2688):
 Other modes: --device cuda|cpu, --amp fp32 fp16 bf16 (autocast dtypes, several allowed),
 --train (training step: forward + backward), --batch N [N ...], --compile (also time a
 torch.compile'd twin of every model; compile time reported separately), --tf32 on|off,
---models ..., --mini (smoke test), --ort (ONNX Runtime vs PyTorch instead; --exporters
-dynamo torchscript: one row per exporter).
+--models ..., --allocator retain (glibc keeps freed memory: the calls' page faults of
+fresh memory, counted in the table, go away), --mini (smoke test), --ort (ONNX Runtime
+vs PyTorch instead; --exporters dynamo torchscript: one row per exporter).
 
 Whole ImageNet classifiers (mmpretrain ImageClassifier; docs/classification.md, "Speed
 (CPU)"), named with --models only: mmpretrain's Swin-T classifier and the SLAB-Swin-T /
@@ -46,6 +47,7 @@ import warnings
 from dataclasses import asdict
 from typing import Optional, Sequence
 
+from bench.allocator import MODES as ALLOCATOR_MODES
 from bench.cases import AMP_DTYPES, DEFAULT_SIZES, PRESETS, make_cases, parse_size
 from bench.models import DEFAULT_MODELS, MODELS
 from bench.report import write_report
@@ -88,6 +90,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='torch.compile mode (inductor), e.g. reduce-overhead (CUDA graphs)')
     parser.add_argument('--tf32', choices=['default', 'on', 'off'], default='default',
                         help='CUDA: set torch.backends.{cuda.matmul,cudnn}.allow_tf32')
+    parser.add_argument('--allocator', choices=list(ALLOCATOR_MODES), default='default',
+                        help='retain: glibc keeps the memory the process frees (no page '
+                             'faults of fresh memory per call, as with jemalloc / tcmalloc); '
+                             'default: the allocator as launched (tools/bench/allocator.py)')
     parser.add_argument('--repeat', type=argparse_int(min=1), default=None,
                         help='timed rounds, median of them (default: 3 on CPU, 7 on CUDA)')
     parser.add_argument('--warmup', type=argparse_int(min=0), default=None,
@@ -143,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None):
         flops=not args.no_flops, memory=not args.no_memory, device=device,
         compile=args.compile, compile_backend=args.compile_backend,
         compile_mode=args.compile_mode,
-        tf32=None if args.tf32 == 'default' else args.tf32 == 'on')
+        tf32=None if args.tf32 == 'default' else args.tf32 == 'on', allocator=args.allocator)
     # the results so far after every case (a run cut short keeps them)
     res = run_benchmark(options, on_case=lambda partial: write_report(
         partial, args.out_dir, evaluate(partial, targets)))

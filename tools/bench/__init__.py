@@ -38,6 +38,11 @@ Reported per model and case:
   allocates through PyTorch's CPU allocator (profiler memory events) and the growth of the
   process's peak RSS over the timed calls; CUDA -- ``max_memory_allocated`` over the call
   minus what was allocated before it, and that plus the model's weights and buffers;
+* CPU: the minor page faults of the process per timed call (:mod:`bench.allocator`):
+  glibc gives large freed blocks back to the OS, and a forward that allocates large fresh
+  tensors faults their pages in again on every call; ``--allocator retain`` makes glibc
+  keep what the process frees (the steady state of jemalloc / tcmalloc), and the header
+  states the allocator;
 * ``--compile``: every model is also wrapped in ``torch.compile`` (sharing the eager
   model's weights) and timed next to it as "<model> [compiled]". The first call of each
   case compiles (a new shape, dtype or train/eval mode is a new graph); its time minus the

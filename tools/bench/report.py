@@ -37,7 +37,8 @@ def header(res: BenchmarkResult) -> str:
                 f'{res.warmup} warm-up calls; {gemm}; {load}')
     return (f'CPU, threads={res.threads}; latency: wall time, median of {res.repeat} '
             f'interleaved rounds after {res.warmup} warm-up; {gemm}; '
-            f'{res.env.get("cpu", "")}; torch {res.env["torch"]}; {load}')
+            f'{res.env.get("cpu", "")}; torch {res.env["torch"]}; '
+            f'allocator: {res.env.get("allocator", "-")}; {load}')
 
 
 def _legend(res: BenchmarkResult) -> str:
@@ -48,7 +49,10 @@ def _legend(res: BenchmarkResult) -> str:
            'allocator (profiler memory events; activations + temporaries (+ gradients), '
            'no weights, no library scratch); peak RSS growth = VmHWM after - VmRSS '
            'before the timed calls (max over rounds; OS view, includes scratch, blurred '
-           'by allocator reuse)')
+           'by allocator reuse); page faults = minor page faults of the process per timed '
+           'call (median): first touches of memory the allocator had given back to the '
+           'OS, each zeroed by the kernel; --allocator retain keeps freed memory '
+           '(tools/bench/allocator.py)')
     text = ('mode = eval (torch.no_grad forward) or train (zero_grad + forward + '
             'backward of sum(mean(map)); classifiers: of their head loss on random '
             'labels, + their config\'s optimizer step) and the autocast dtype (fp32: '
@@ -72,6 +76,8 @@ def table(res: BenchmarkResult) -> str:
     cols = ['backbone', 'input (HxW)', 'batch', 'mode', 'MPix',
             f'latency {unit}: median [min, max]', 'vs stock', 'GMAC', 'GFLOP/s',
             '% of GEMM', 'peak alloc MB', last]
+    if not res.cuda:
+        cols.append('page faults')
     if res.compiled:
         cols += ['compile s', 'vs eager']
     lines = [header(res), '', '| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
@@ -87,6 +93,8 @@ def table(res: BenchmarkResult) -> str:
                '-' if gf is None else f'{gf:.1f}',
                '-' if gf is None or not rate else f'{100 * gf / rate:.0f}%',
                mb(m.peak_bytes), mb(m.peak_total_bytes if res.cuda else m.rss_bytes)]
+        if not res.cuda:
+            row.append('-' if m.faults_per_call is None else str(m.faults_per_call))
         if res.compiled:
             eager = res.get(base_name(m.model), m.case) \
                 if m.model.endswith(COMPILED) else None

@@ -23,6 +23,7 @@ class Measurement:
     weight_bytes: Optional[int] = None       # parameters + buffers of the model
     first_call: Optional[float] = None       # compiled models: the first (compiling) call
     graph_breaks: Optional[int] = None       # compiled models: dynamo's count, first call
+    faults: List[int] = field(default_factory=list)  # minor page faults per call, per round
 
     @property
     def case(self) -> Case:
@@ -31,6 +32,11 @@ class Measurement:
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+    @property
+    def faults_per_call(self) -> Optional[int]:
+        """Median minor page faults of the process per timed call (None: not counted)."""
+        return int(statistics.median(self.faults)) if self.faults else None
 
     @property
     def gflops(self) -> Optional[float]:

@@ -13,6 +13,7 @@ from mmslab.timing import (calls_per_round, interleaved_rounds, spread, sync, ti
                            warm_up)
 from mmslab.validation import check_bool, check_choice, check_int
 
+from . import allocator
 from .cases import AMP_DTYPES, DEFAULT_SIZES, Case, Size, make_cases, make_step
 from .machine import environment, gemm_gflops, gemm_size
 from .macs import count_macs
@@ -41,6 +42,7 @@ class Options:
     compile_backend: str = 'inductor'
     compile_mode: Optional[str] = None
     tf32: Optional[bool] = None              # CUDA: set both allow_tf32 flags
+    allocator: str = 'default'               # 'retain': glibc keeps freed memory (.allocator)
 
     def __post_init__(self) -> None:
         check_int('benchmark', 'repeat', self.repeat, min=1)
@@ -62,6 +64,7 @@ class Options:
             raise ValueError('benchmark: cases must hold at least one case')
         for c in self.cases:
             check_choice('benchmark', 'amp', c.amp, list(AMP_DTYPES))
+        check_choice('benchmark', 'allocator', self.allocator, list(allocator.MODES))
 
 
 def run_benchmark(options: Options, factories: Optional[Mapping[str, ModelFactory]] = None,
@@ -70,10 +73,14 @@ def run_benchmark(options: Options, factories: Optional[Mapping[str, ModelFactor
                   ) -> BenchmarkResult:
     """Measure ``options.models`` (built by :func:`~bench.models.build_backbone`, or by
     ``factories[name]()``) in every case of ``options.cases``. ``on_case`` gets the result
-    so far after every case (a run cut short keeps what it measured)."""
+    so far after every case (a run cut short keeps what it measured).
+    ``options.allocator == 'retain'`` sets glibc's malloc options for the rest of the
+    process (:func:`~bench.allocator.retain_freed_memory`)."""
     dev = torch.device(options.device)
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise RuntimeError('--device cuda: CUDA is not available in this process')
+    if options.allocator == 'retain':
+        allocator.retain_freed_memory()
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(options.threads)
     prev_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
@@ -136,9 +143,10 @@ class _Run:
         self.t_start = time.perf_counter()
 
     def result(self) -> BenchmarkResult:
+        env = dict(environment(self.dev, self.opts.mini), allocator=allocator.describe())
         return BenchmarkResult(list(self.measurements), list(self.gemm),
                                torch.get_num_threads(), self.opts.repeat, self.opts.warmup,
-                               environment(self.dev, self.opts.mini), dict(self.missed),
+                               env, dict(self.missed),
                                tuple(self.load),
                                str(self.dev), dict(self.gemm_amp), dict(self.failures))
 
@@ -217,14 +225,18 @@ class _Run:
 
     def _timed_rounds(self, names: List[str], steps, meas, fail) -> None:
         def timed(name: str) -> None:
+            m = meas[name]
             rss0 = self.rss.start() if self.rss is not None else None
+            faults0 = allocator.minor_faults()
             try:
-                meas[name].times.append(time_calls(steps[name], meas[name].inner, self.dev))
+                m.times.append(time_calls(steps[name], m.inner, self.dev))
             except Exception as e:  # noqa: BLE001
                 fail(name, 'timed round', e)
                 return
+            if faults0 is not None:
+                m.faults.append((allocator.minor_faults() - faults0) // m.inner)
             if rss0 is not None:
-                meas[name].rss_bytes = max(meas[name].rss_bytes or 0, PeakRSS.growth(rss0))
+                m.rss_bytes = max(m.rss_bytes or 0, PeakRSS.growth(rss0))
 
         interleaved_rounds(names, self.opts.repeat, timed)
 
