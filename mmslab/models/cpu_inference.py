@@ -179,9 +179,10 @@ def swin_block(block: nn.Module, x: torch.Tensor, hw: HW,
     gathering q, k, v, and the projection writes the windows; the padded rows are
     projected and then overwritten with the projection of a zero normalised token: 12 %
     more rows at 800x1344, 72 % in SLAB-Swin-T's stages 1-2 at 512x512, where projecting
-    only the map's rows measured no gain, docs/benchmark.md). Where the attention reads no shift mask (SLA), the windows go through in
-    chunks of ``MLP_CHUNK`` q/k/v elements, as the MLP does: SLAB-Swin-T's first stages
-    would otherwise map a fresh 87 / 43 MB q, k, v tensor per block at 800x1344."""
+    only the map's rows measured no gain, docs/benchmark.md). Where the attention reads no
+    shift mask (SLA), the windows go through in chunks of ``MLP_CHUNK`` q/k/v elements, as
+    the MLP does: SLAB-Swin-T's first stages would otherwise map a fresh 87 / 43 MB q, k,
+    v tensor per block at 800x1344."""
     b, n, c = x.shape
     ws, s = block.window_size, block.shift_size
     gather, padded, inverse = window_gather_index(hw[0], hw[1], ws, s, x.device)

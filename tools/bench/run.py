@@ -227,7 +227,7 @@ class _Run:
         def timed(name: str) -> None:
             m = meas[name]
             rss0 = self.rss.start() if self.rss is not None else None
-            faults0 = allocator.minor_faults()
+            faults0 = None if self.cuda else allocator.minor_faults()
             try:
                 m.times.append(time_calls(steps[name], m.inner, self.dev))
             except Exception as e:  # noqa: BLE001
